@@ -1,0 +1,62 @@
+"""Sampling Playground: the Gradio UI and the OpenAI-compatible HTTP API on one server.
+
+    python app.py [--model ID_OR_FOLDER] [--host 127.0.0.1] [--port 7860] [--api-key KEY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--api-key", default=os.environ.get("PLAYGROUND_API_KEY"), help="require Authorization: Bearer KEY on /v1 (env PLAYGROUND_API_KEY)")
+    p.add_argument("--open-api", action="store_true", help="serve /v1 without a key to clients beyond loopback (on by default on a Hugging Face Space)")
+    p.add_argument("--max-batch-tokens", type=int, default=int(os.environ.get("PLAYGROUND_MAX_BATCH_TOKENS", "65536")), help="cap on n x max_tokens per request (429 past it)")
+    p.add_argument("--max-in-flight", type=int, default=int(os.environ.get("PLAYGROUND_MAX_IN_FLIGHT", "8")), help="cap on API requests generating at once (429 past it)")
+    return p.parse_args(argv)
+
+
+def build_app(host, args: argparse.Namespace):
+    """The FastAPI app with /v1 routes, and the Gradio UI mounted at / (routes first, as Gradio needs)."""
+    import gradio as gr
+
+    from playground.api import ApiSettings, create_api
+    from playground.ui import build_ui, launch_kwargs
+
+    settings = ApiSettings(
+        api_key=args.api_key,
+        open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")),
+        max_batch_tokens=args.max_batch_tokens,
+        max_in_flight=args.max_in_flight,
+    )
+    app = create_api(host, settings)
+    demo = build_ui(host)
+    return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from engine.model import load_model
+    from playground.models import ModelHost
+
+    args = parse_args(argv)
+    lm = load_model(args.model, args.device, args.dtype, progress=lambda m: print(m, flush=True))
+    print(f"model ready in {lm.load_seconds:.1f} s: {lm.name} on {lm.device} ({lm.source})", flush=True)
+    app = build_app(ModelHost(lm, args.device, args.dtype), args)
+    print(f"Sampling Playground on http://{args.host}:{args.port}  (API: http://{args.host}:{args.port}/v1)", flush=True)
+    # A short graceful shutdown: an open client connection otherwise holds SIGTERM for minutes.
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=3, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The sampler: pure stages on float32 logits, run in one ordered, visible list, then one draw.
+
+Default order (engine/knobs.py STAGE_ORDER), the one Hugging Face and vLLM use:
+  1. logit_bias          add the user's per-token bias (OpenAI logit_bias)
+  2. repetition_penalty  CTRL (Keskar et al. 2019) over prompt and output tokens
+  3. presence_frequency  OpenAI's penalties over generated tokens
+  4. temperature         divide the logits; 0 keeps only the argmax (greedy)
+  5. top_k               keep the k highest logits
+  6. top_p               keep the smallest head of the sorted distribution holding top_p of the mass
+  7. min_p               keep tokens with p >= min_p * p_max (Nguyen et al. 2024)
+  8. draw                inverse-CDF sample from softmax(final logits), or argmax when greedy
+
+Edits to the logits come before temperature so that temperature shapes what the truncations then see;
+llama.cpp puts temperature last instead, which is why the order is a parameter.
+
+Every stage is `(logits (B, V) float32, ctx) -> logits (B, V)`. A stage never writes into its input (the
+"before" picture must stay true) and returns its input object unchanged when its knob is off, which
+lets the recorder skip identical snapshots. Removed tokens get -inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from engine.knobs import SamplingParams
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplerContext:
+    params: SamplingParams
+    seen: torch.Tensor  # (B, V) bool: the token occurs in the prompt or the output so far
+    counts: torch.Tensor  # (B, V) float32: how often each token was generated so far
+    bias: torch.Tensor | None  # (V,) float32 dense logit_bias, None when empty
+
+
+def logit_bias(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    if ctx.bias is None:
+        return logits
+    return logits + ctx.bias
+
+
+def repetition_penalty(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    # CTRL: a seen token's logit is divided by theta when positive and multiplied when negative,
+    # so theta > 1 always makes it less likely.
+    theta = ctx.params.repetition_penalty
+    if theta == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / theta, logits * theta)
+    return torch.where(ctx.seen, penalized, logits)
+
+
+def presence_frequency(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    # OpenAI: mu[j] -= c[j] * alpha_frequency + float(c[j] > 0) * alpha_presence, c over generated tokens.
+    p, f = ctx.params.presence_penalty, ctx.params.frequency_penalty
+    if p == 0.0 and f == 0.0:
+        return logits
+    return logits - f * ctx.counts - p * (ctx.counts > 0).float()
+
+
+def temperature(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    t = ctx.params.temperature
+    if t == 1.0:
+        return logits
+    if t == 0.0:
+        # Greedy by an explicit argmax, never a division by a tiny number.
+        best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        return torch.full_like(logits, NEG_INF).scatter(1, best, logits.gather(1, best))
+    return logits / t
+
+
+def top_k(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    k = ctx.params.top_k
+    if k == 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
+    # Ties with the k-th logit survive too, as in Hugging Face's TopKLogitsWarper.
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    p = ctx.params.top_p
+    if p >= 1.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    # A token survives while the mass above it is still short of p: the top token always does.
+    drop_sorted = mass_before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def min_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    m = ctx.params.min_p
+    if m == 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    threshold = m * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+STAGES: dict[str, Callable[[torch.Tensor, SamplerContext], torch.Tensor]] = {
+    "logit_bias": logit_bias,
+    "repetition_penalty": repetition_penalty,
+    "presence_frequency": presence_frequency,
+    "temperature": temperature,
+    "top_k": top_k,
+    "top_p": top_p,
+    "min_p": min_p,
+}
+
+
+def run_pipeline(logits: torch.Tensor, ctx: SamplerContext) -> list[tuple[str, torch.Tensor]]:
+    """[("raw", logits), (stage, logits after it), ...] in ctx.params.sampler_order."""
+    out = [("raw", logits)]
+    for name in ctx.params.sampler_order:
+        out.append((name, STAGES[name](out[-1][1], ctx)))
+    return out
+
+
+def draw(final: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample one token per row from softmax(final) by inverse CDF; argmax when u is None (greedy).
+
+    final: (B, V) float32; u: (B,) uniforms in [0, 1). Returns tokens (B,) and where each draw
+    landed on the CDF of the final distribution sorted by probability (B,), for the UI's picture.
+    """
+    if u is None:
+        return final.argmax(dim=-1), None
+    probs = torch.softmax(final, dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)  # (B, V), vocabulary order: no sort needed to draw
+    total = cdf[:, -1:]
+    target = u.to(probs.device, probs.dtype)[:, None] * total  # (B, 1)
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+    # Rounding can push target past the last positive entry: fall back to that entry.
+    last_positive = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    p_tok = probs.gather(1, tokens[:, None])  # (B, 1)
+    tokens = torch.where(p_tok.squeeze(1) > 0, tokens, last_positive)
+    p_tok = probs.gather(1, tokens[:, None])
+    # The same draw seen on the probability-sorted CDF: the mass of all tokens ranked above the chosen
+    # one, plus how far into the chosen token's own band the uniform fell.
+    ids = torch.arange(probs.shape[-1], device=probs.device)
+    above = (probs > p_tok) | ((probs == p_tok) & (ids < tokens[:, None]))
+    mass_above = (probs * above).sum(dim=-1)
+    into_band = (target.squeeze(1) - (cdf.gather(1, tokens[:, None]).squeeze(1) - p_tok.squeeze(1))).clamp(min=0)
+    into_band = torch.minimum(into_band, p_tok.squeeze(1))
+    landing = ((mass_above + into_band) / total.squeeze(1)).clamp(0.0, 1.0)
+    return tokens, landing
