@@ -33,9 +33,13 @@ class Generation:
         prompt_ids: list[int],
         params: SamplingParams,
         cancel: Callable[[], bool] | None = None,
+        prefix_ids: list[int] = (),
     ):
+        """prefix_ids: tokens the completion already holds (branching from a step): they count as
+        generated for the penalties and continue the text, but are not emitted again."""
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
+        self.prefix_ids = list(prefix_ids)
         self.params = params
         self.cancel = cancel or (lambda: False)
         self.stages = ("raw", *params.sampler_order)
@@ -56,7 +60,7 @@ class Generation:
         return sum(len(c) for c in self.completions)
 
     def _fit_length(self) -> int:
-        ctx, used = self.lm.context_length, len(self.prompt_ids)
+        ctx, used = self.lm.context_length, len(self.prompt_ids) + len(self.prefix_ids)
         if used == 0:
             raise ParamError("messages", "the prompt is empty")
         room = ctx - used
@@ -97,9 +101,19 @@ class Generation:
         decoders = [IncrementalDecoder(lm.tokenizer) for _ in range(n)]
         matchers = [StopMatcher(params.stop) for _ in range(n)]
         seen = torch.zeros(n, V, dtype=torch.bool, device=dev)
-        prompt = torch.tensor(self.prompt_ids, device=dev)
+        prompt = torch.tensor(self.prompt_ids + self.prefix_ids, device=dev)
         seen[:, prompt[prompt < V]] = True
         counts = torch.zeros(n, V, dtype=torch.float32, device=dev)
+        for tok in self.prefix_ids:
+            counts[:, tok] += 1
+        prefix_text = ""
+        for tok in self.prefix_ids:
+            for d in decoders:
+                piece = d.push(tok)
+            prefix_text += piece
+        for m in matchers:
+            m.text, m.released = prefix_text, len(prefix_text)
+        start = len(self.prefix_ids)
         active = list(range(n))  # original indices of the rows still in the batch, in batch order
 
         with torch.inference_mode():
@@ -109,7 +123,7 @@ class Generation:
             if n > 1:
                 cache.batch_repeat_interleave(n)
 
-            for position in range(self.max_tokens):
+            for position in range(start, start + self.max_tokens):
                 rows = torch.tensor(active, device=dev)
                 ctx = SamplerContext(params, seen[rows], counts[rows], self.bias)
                 stages = run_pipeline(logits, ctx)
@@ -120,7 +134,7 @@ class Generation:
                 seen[rows, tokens] = True
                 counts[rows, tokens] += 1
                 steps, still = [], []
-                last = position == self.max_tokens - 1
+                last = position == start + self.max_tokens - 1
                 for b, i in enumerate(active):
                     tok = int(tokens[b])
                     finish = None

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def lm():
+    """The real embedded SmolLM2 model, loaded once (from the converted cache after the first run)."""
+    from engine.model import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The app (UI + API) as a subprocess on a free loopback port, without an API key."""
+    from tests.serving import start_server
+
+    with start_server() as s:
+        yield s
