@@ -77,9 +77,11 @@ def top_k(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     k = ctx.params.top_k
     if k == 0 or k >= logits.shape[-1]:
         return logits
-    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
-    # Ties with the k-th logit survive too, as in Hugging Face's TopKLogitsWarper.
-    return logits.masked_fill(logits < kth, NEG_INF)
+    # Exactly k survive: ties with the k-th logit go to the lower token id, the same rule argmax uses,
+    # so top_k = 1 is greedy even where bf16 logits tie (Hugging Face keeps every tied token instead).
+    order = logits.sort(dim=-1, descending=True, stable=True).indices  # (B, V)
+    drop = torch.ones_like(logits, dtype=torch.bool).scatter(1, order[:, :k], False)
+    return logits.masked_fill(drop, NEG_INF)
 
 
 def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:

@@ -115,9 +115,11 @@ def test_top_k_keeps_the_k_highest_logits():
     assert STAGES["top_k"](x, ctx(x, top_k=2))[0].tolist() == [-INF, 4.0, 3.0, -INF]
 
 
-def test_top_k_keeps_every_token_tied_with_the_kth():
+def test_top_k_breaks_a_tie_at_the_kth_toward_the_lower_token_id_like_argmax():
     x = L(1.0, 4.0, 3.0, 3.0)
-    assert STAGES["top_k"](x, ctx(x, top_k=2))[0].tolist() == [-INF, 4.0, 3.0, 3.0]
+    assert STAGES["top_k"](x, ctx(x, top_k=2))[0].tolist() == [-INF, 4.0, 3.0, -INF]
+    y = L(3.0, 1.0, 3.0, 0.0)
+    assert STAGES["top_k"](y, ctx(y, top_k=1))[0].tolist() == [3.0, -INF, -INF, -INF]
 
 
 def test_top_k_zero_or_at_least_vocab_is_off():
