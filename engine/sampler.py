@@ -77,11 +77,14 @@ def top_k(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     k = ctx.params.top_k
     if k == 0 or k >= logits.shape[-1]:
         return logits
-    # Exactly k survive: ties with the k-th logit go to the lower token id, the same rule argmax uses,
+    # Exactly k survive: ties with the k-th logit go to the lower token ids, the same rule argmax uses,
     # so top_k = 1 is greedy even where bf16 logits tie (Hugging Face keeps every tied token instead).
-    order = logits.sort(dim=-1, descending=True, stable=True).indices  # (B, V)
-    drop = torch.ones_like(logits, dtype=torch.bool).scatter(1, order[:, :k], False)
-    return logits.masked_fill(drop, NEG_INF)
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
+    above = logits > kth
+    tied = logits == kth
+    room = k - above.sum(dim=-1, keepdim=True)
+    keep = above | (tied & (tied.cumsum(dim=-1) <= room))
+    return logits.masked_fill(~keep, NEG_INF)
 
 
 def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
@@ -89,12 +92,19 @@ def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     if p >= 1.0:
         return logits
     probs = torch.softmax(logits, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    V = logits.shape[-1]
+    alive = int(torch.isfinite(logits).sum(dim=-1).max())
+    # After an earlier truncation only `alive` tokens can matter: a partial top-k is far cheaper than
+    # sorting the whole vocabulary; the rest keep their -inf.
+    if alive <= V // 8:
+        sorted_probs, order = probs.topk(alive, dim=-1)
+    else:
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     # A token survives while the mass above it is still short of p: the top token always does.
-    drop_sorted = mass_before >= p
-    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-    return logits.masked_fill(drop, NEG_INF)
+    keep_sorted = mass_before < p
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, keep_sorted)
+    return logits.masked_fill(~keep, NEG_INF)
 
 
 def min_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:

@@ -91,39 +91,39 @@ def record(
 
     B, V = stages[0][1].shape
     k = min(k, V)
-    logps = [torch.log_softmax(t, dim=-1) for t in distinct]  # each (B, V)
-    entropies, kept, removed, tops = [], [], [], []
-    prev_alive = None
-    for t, lp in zip(distinct, logps):
-        p = lp.exp()
-        entropies.append(-torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(dim=-1))
-        alive = p > 0
-        kept.append(alive.sum(dim=-1))
-        if prev_alive is None:
-            removed.append(torch.zeros(B))
-        else:
-            prev_p = prev_lp.exp()
-            removed.append((prev_p * (prev_alive & ~alive)).sum(dim=-1))
-        prev_alive, prev_lp = alive, lp
-        top = t.topk(k, dim=-1)  # (B, k)
-        # Tokens this stage removed are not its candidates: stand the chosen token in for them.
-        tops.append(torch.where(torch.isfinite(top.values), top.indices, tokens[:, None]))
+    # All distinct stages at once: a handful of big ops instead of a handful per stage.
+    x = torch.stack(distinct)  # (D, B, V)
+    lp = torch.log_softmax(x, dim=-1)  # (D, B, V)
+    p = lp.exp()
+    alive = torch.isfinite(x)
+    # -sum p ln p; clamping ln 0 = -inf to a finite number makes 0 ln 0 = 0 without a nan.
+    entropy = -(p * lp.clamp(min=-1e30)).sum(dim=-1)  # (D, B)
+    kept = alive.sum(dim=-1)  # (D, B)
+    removed = torch.zeros_like(entropy)
+    removed[1:] = p[:-1].masked_fill(alive[1:], 0.0).sum(dim=-1)  # previous stage's mass now gone
+    top = x.topk(k, dim=-1)  # (D, B, k)
+    # Tokens a stage removed are not its candidates: stand the chosen token in for them.
+    tops = torch.where(torch.isfinite(top.values), top.indices, tokens[None, :, None])
 
-    raw_lp, final_lp = logps[0], logps[-1]
+    raw_lp, final_lp = lp[0], lp[-1]  # (B, V)
     top_raw = raw_lp.topk(k, dim=-1)  # (B, k)
     chosen = tokens[:, None]
     chosen_raw = raw_lp.gather(1, chosen).squeeze(1)
+    chosen_final = final_lp.gather(1, chosen).squeeze(1)
     rank = (raw_lp > chosen_raw[:, None]).sum(dim=-1) + 1
+    cands = torch.cat([tops.permute(1, 0, 2).reshape(B, -1), chosen], dim=1)  # (B, D*k + 1)
+    top_final = final_lp.gather(1, top_raw.indices)
 
-    cands = torch.cat(tops + [chosen], dim=1)  # (B, D*k + 1)
-    ent = torch.stack(entropies, 1).cpu().numpy()[:, which]  # (B, S)
-    kep = torch.stack(kept, 1).cpu().numpy().astype(np.int32)[:, which]
-    rem_distinct = torch.stack(removed, 1).cpu().numpy()
+    # One move to the CPU for everything the rows need.
+    ent, kep, rem = entropy.T.cpu().numpy(), kept.T.cpu().numpy().astype(np.int32), removed.T.cpu().numpy()
     # A stage that was off removed nothing, even though it shares its predecessor's snapshot.
-    rem = np.zeros((B, len(stages)), dtype=np.float32)
-    for s in range(1, len(stages)):
-        if which[s] != which[s - 1]:
-            rem[:, s] = rem_distinct[:, which[s]]
+    changed = np.array([s > 0 and which[s] != which[s - 1] for s in range(len(stages))])
+    scalars = torch.stack([chosen_raw, chosen_final, rank.float()], 1).cpu().tolist()
+    top_ids = top_raw.indices.cpu().numpy().astype(np.int32)
+    top_raw_v = top_raw.values.cpu().numpy().astype(np.float32)
+    top_final_v = top_final.cpu().numpy().astype(np.float32)
+    draws = None if landing is None else landing.cpu().tolist()
+    token_list = tokens.cpu().tolist()
 
     rows = []
     for b in range(B):
@@ -131,22 +131,23 @@ def record(
         # Order candidates by final probability, then by raw logit, so charts read left to right.
         ids = ids[torch.argsort(raw_lp[b, ids], descending=True, stable=True)]
         ids = ids[torch.argsort(final_lp[b, ids], descending=True, stable=True)]
-        probs = torch.stack([lp[b, ids].exp() for lp in logps])  # (D, K)
+        probs = p[:, b, ids].cpu().numpy().astype(np.float32)  # (D, K)
+        raw, final, rk = scalars[b]
         rows.append(
             {
-                "token_id": int(tokens[b]),
-                "logprob": float(final_lp[b, tokens[b]]),
-                "raw_logprob": float(chosen_raw[b]),
-                "rank": int(rank[b]),
-                "top_ids": top_raw.indices[b].cpu().numpy().astype(np.int32),
-                "top_raw_logprobs": top_raw.values[b].cpu().numpy().astype(np.float32),
-                "top_logprobs": final_lp[b, top_raw.indices[b]].cpu().numpy().astype(np.float32),
+                "token_id": token_list[b],
+                "logprob": final,
+                "raw_logprob": raw,
+                "rank": int(rk),
+                "top_ids": top_ids[b],
+                "top_raw_logprobs": top_raw_v[b],
+                "top_logprobs": top_final_v[b],
                 "cand_ids": ids.cpu().numpy().astype(np.int32),
-                "stage_probs": probs.cpu().numpy().astype(np.float32)[which],
-                "stage_entropy": ent[b].astype(np.float32),
-                "stage_kept": kep[b],
-                "stage_removed": rem[b],
-                "draw": None if landing is None else float(landing[b]),
+                "stage_probs": probs[which],
+                "stage_entropy": ent[b][which].astype(np.float32),
+                "stage_kept": kep[b][which],
+                "stage_removed": np.where(changed, rem[b][which], 0.0).astype(np.float32),
+                "draw": None if draws is None else draws[b],
             }
         )
     return rows
