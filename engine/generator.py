@@ -18,9 +18,11 @@ from typing import Callable, Iterator
 
 import torch
 
+from engine.constraints import Grammar
 from engine.detok import IncrementalDecoder
 from engine.knobs import ParamError, SamplingParams
 from engine.model import LoadedModel
+from engine.reasoning import Thinking
 from engine.sampler import SamplerContext, draw, run_pipeline
 from engine.stops import StopMatcher
 from engine.trace import Step, record
@@ -34,19 +36,26 @@ class Generation:
         params: SamplingParams,
         cancel: Callable[[], bool] | None = None,
         prefix_ids: list[int] = (),
+        grammar: Grammar | None = None,
+        thinking: Thinking | None = None,
     ):
         """prefix_ids: tokens the completion already holds (branching from a step): they count as
-        generated for the penalties and continue the text, but are not emitted again."""
+        generated for the penalties and continue the text, but are not emitted again.
+        grammar: every completion must follow it (tool calls, response_format); thinking: a budget for
+        the <think> section, closed by force when spent. Either adds the "constraint" stage."""
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
         self.prefix_ids = list(prefix_ids)
         self.params = params
         self.cancel = cancel or (lambda: False)
-        self.stages = ("raw", *params.sampler_order)
+        self.constrained = grammar is not None or thinking is not None
+        self.stages = ("raw", *(("constraint",) if self.constrained else ()), *params.sampler_order)
+        self.thinking = thinking
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.max_tokens = self._fit_length()
         self.bias = self._dense_bias()
         n = params.n
+        self.matchers = grammar.start(lm, n) if grammar is not None else None  # ParamError for a bad grammar
         self.completions: list[list[Step]] = [[] for _ in range(n)]
         self.texts = [""] * n
         self.finish_reasons: list[str | None] = [None] * n
@@ -115,6 +124,7 @@ class Generation:
             m.text, m.released = prefix_text, len(prefix_text)
         start = len(self.prefix_ids)
         active = list(range(n))  # original indices of the rows still in the batch, in batch order
+        thinks = [self.thinking.start() for _ in range(n)] if self.thinking else None
 
         with torch.inference_mode():
             out = _forward(lm.model, prompt[None], None, logits_to_keep=1)
@@ -125,8 +135,9 @@ class Generation:
 
             for position in range(start, start + self.max_tokens):
                 rows = torch.tensor(active, device=dev)
-                ctx = SamplerContext(params, seen[rows], counts[rows], self.bias)
-                stages = run_pipeline(logits, ctx)
+                allowed, graded = self._allowed(active, thinks, V) if self.constrained else (None, [False] * n)
+                ctx = SamplerContext(params, seen[rows], counts[rows], self.bias, allowed)
+                stages = run_pipeline(logits, ctx, self.constrained)
                 u = None if params.greedy else torch.rand(n, generator=rng, dtype=torch.float64)[active]
                 tokens, landing = draw(stages[-1][1], u.float() if u is not None else None)
                 records = record(stages, tokens, landing, params.record_k)
@@ -143,8 +154,13 @@ class Generation:
                     else:
                         text = decoders[i].push(tok)
                         delta, hit = matchers[i].feed(text)
-                        if hit:
+                        if thinks:
+                            thinks[i].feed(tok, text)
+                        if graded[i]:
+                            self.matchers.consume(i, tok)
+                        if hit or (graded[i] and self.matchers.finished(i)):
                             finish = "stop"
+                            delta += matchers[i].flush() if not hit else ""
                         elif last:
                             delta += matchers[i].flush()
                             finish = "length"
@@ -172,6 +188,26 @@ class Generation:
                 out = _forward(lm.model, tokens[:, None], cache)
                 cache = _cache_of(out)
                 logits = out.logits[:, -1, :].float()  # (B, V)
+
+
+    def _allowed(self, active, thinks, V) -> tuple[torch.Tensor | None, list[bool]]:
+        """(B, V) mask of allowed tokens for the active rows (None when nothing is masked this step),
+        and per original row whether its token is checked against the grammar."""
+        masks, graded = [], [False] * self.params.n
+        for i in active:
+            mask = None
+            forced = thinks[i].next_forced() if thinks else None
+            if forced is not None:
+                mask = torch.zeros(V, dtype=torch.bool)
+                mask[forced] = True
+            elif self.matchers is not None and (thinks is None or thinks[i].done):
+                mask = self.matchers.allowed(i)
+                graded[i] = True
+            masks.append(mask)
+        if all(m is None for m in masks):
+            return None, graded
+        full = torch.ones(V, dtype=torch.bool)
+        return torch.stack([full if m is None else m for m in masks]).to(self.lm.device), graded
 
 
 _CACHE_KW: dict[int, str] = {}

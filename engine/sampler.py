@@ -1,6 +1,8 @@
 """The sampler: pure stages on float32 logits, run in one ordered, visible list, then one draw.
 
 Default order (engine/knobs.py STAGE_ORDER), the one Hugging Face and vLLM use:
+  0. constraint          only when a grammar or a thinking budget is active: forbid what it forbids;
+                         always first, so no later truncation can leave nothing allowed
   1. logit_bias          add the user's per-token bias (OpenAI logit_bias)
   2. repetition_penalty  CTRL (Keskar et al. 2019) over prompt and output tokens
   3. presence_frequency  OpenAI's penalties over generated tokens
@@ -36,6 +38,13 @@ class SamplerContext:
     seen: torch.Tensor  # (B, V) bool: the token occurs in the prompt or the output so far
     counts: torch.Tensor  # (B, V) float32: how often each token was generated so far
     bias: torch.Tensor | None  # (V,) float32 dense logit_bias, None when empty
+    allowed: torch.Tensor | None = None  # (B, V) bool from the grammar / forced tokens; None: no mask
+
+
+def constraint(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
+    if ctx.allowed is None:
+        return logits
+    return logits.masked_fill(~ctx.allowed, NEG_INF)
 
 
 def logit_bias(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
@@ -127,9 +136,14 @@ STAGES: dict[str, Callable[[torch.Tensor, SamplerContext], torch.Tensor]] = {
 }
 
 
-def run_pipeline(logits: torch.Tensor, ctx: SamplerContext) -> list[tuple[str, torch.Tensor]]:
-    """[("raw", logits), (stage, logits after it), ...] in ctx.params.sampler_order."""
+def run_pipeline(
+    logits: torch.Tensor, ctx: SamplerContext, constrained: bool = False
+) -> list[tuple[str, torch.Tensor]]:
+    """[("raw", logits), (stage, logits after it), ...] in ctx.params.sampler_order, after the
+    constraint stage when `constrained` (the generation has a grammar or a thinking budget)."""
     out = [("raw", logits)]
+    if constrained:
+        out.append(("constraint", constraint(logits, ctx)))
     for name in ctx.params.sampler_order:
         out.append((name, STAGES[name](out[-1][1], ctx)))
     return out

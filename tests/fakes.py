@@ -19,9 +19,19 @@ EOS = 0
 class FakeTokenizer:
     """Each id stands for a fixed byte string; decoding joins bytes and replaces broken UTF-8."""
 
-    def __init__(self, pieces: list[bytes]):
+    def __init__(self, pieces: list[bytes], chat_template: str = ""):
         self.pieces = pieces
         self.eos_token_id = EOS
+        self.chat_template = chat_template
+
+    def encode(self, text: str, add_special_tokens=False) -> list[int]:
+        """Greedy longest match over the pieces."""
+        data, ids = text.encode(), []
+        while data:
+            i = max((i for i, p in enumerate(self.pieces) if p and data.startswith(p)), key=lambda i: len(self.pieces[i]))
+            ids.append(i)
+            data = data[len(self.pieces[i]) :]
+        return ids
 
     def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
@@ -62,10 +72,10 @@ class FakeModel(torch.nn.Module):
         return SimpleNamespace(logits=logits[:, None, :], past_key_values=past_key_values)
 
 
-def fake_lm(next_logits, pieces: list[bytes], context_length: int = 64) -> LoadedModel:
+def fake_lm(next_logits, pieces: list[bytes], context_length: int = 64, chat_template: str = "") -> LoadedModel:
     return LoadedModel(
         model=FakeModel(next_logits),
-        tokenizer=FakeTokenizer(pieces),
+        tokenizer=FakeTokenizer(pieces, chat_template),
         name="fake",
         device=torch.device("cpu"),
         dtype=torch.float32,
