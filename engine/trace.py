@@ -71,6 +71,41 @@ def _f(x: float) -> float | None:
     return None if not np.isfinite(x) else round(float(x), 6)
 
 
+# Stages that may turn a finite logit into -inf. The others (bias, penalties, a non-zero temperature)
+# keep every token possible, so their survivor count is their input's and they remove no mass.
+TRUNCATING = frozenset({"constraint", "temperature", "top_k", "top_p", "min_p"})
+# Once at most this many tokens survive, later snapshots work on those tokens only, not the vocabulary.
+COMPACT = 4096
+
+
+class _Snap:
+    """One stage's distribution, over the whole vocabulary or over a small support of token ids."""
+
+    def __init__(self, x: torch.Tensor, support: torch.Tensor | None, dense: bool):
+        self.x = x  # (B, V) logits, or (B, m) logits of `support` when compact
+        self.support = support  # (B, m) token ids, or None
+        self.lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1)
+        self.p = (x - self.lse).exp()  # (B, V) or (B, m); 0 where removed
+        # Entropy = lse - sum p x; removed tokens (p = 0, x = -inf) must add 0, not nan. `dense`:
+        # nothing is removed, so the clamping pass can be skipped.
+        finite_x = x if dense else x.clamp(min=-1e30)
+        self.entropy = self.lse.squeeze(1) - torch.linalg.vecdot(self.p, finite_x)
+
+    def logp_at(self, ids: torch.Tensor, pos: torch.Tensor | None, found: torch.Tensor | None) -> torch.Tensor:
+        """Log-probabilities at token ids (B, K); for a compact snapshot, `pos`/`found` locate them."""
+        if self.support is None:
+            return self.x.gather(1, ids) - self.lse
+        vals = self.x.gather(1, pos) - self.lse
+        return vals.masked_fill(~found, float("-inf"))
+
+    def top(self, k: int, fallback: torch.Tensor) -> torch.Tensor:
+        """Ids (B, k) of the k most likely tokens; removed ones replaced by `fallback` (B, 1)."""
+        k = min(k, self.x.shape[-1])
+        t = self.x.topk(k, dim=-1)
+        ids = t.indices if self.support is None else self.support.gather(1, t.indices)
+        return torch.where(torch.isfinite(t.values), ids, fallback)
+
+
 def record(
     stages: list[tuple[str, torch.Tensor]],
     tokens: torch.Tensor,
@@ -81,69 +116,99 @@ def record(
 
     stages: [(name, logits (B, V))] with stages[0] raw and stages[-1] final; tokens: (B,).
     """
-    # Stages that were off returned their input object: snapshot each distinct tensor once.
-    distinct: list[torch.Tensor] = []
-    which: list[int] = []
-    for _, t in stages:
-        if not distinct or t is not distinct[-1]:
-            distinct.append(t)
-        which.append(len(distinct) - 1)
-
     B, V = stages[0][1].shape
     k = min(k, V)
-    # All distinct stages at once: a handful of big ops instead of a handful per stage.
-    x = torch.stack(distinct)  # (D, B, V)
-    lp = torch.log_softmax(x, dim=-1)  # (D, B, V)
-    p = lp.exp()
-    alive = torch.isfinite(x)
-    # -sum p ln p; clamping ln 0 = -inf to a finite number makes 0 ln 0 = 0 without a nan.
-    entropy = -(p * lp.clamp(min=-1e30)).sum(dim=-1)  # (D, B)
-    kept = alive.sum(dim=-1)  # (D, B)
-    removed = torch.zeros_like(entropy)
-    removed[1:] = p[:-1].masked_fill(alive[1:], 0.0).sum(dim=-1)  # previous stage's mass now gone
-    top = x.topk(k, dim=-1)  # (D, B, k)
-    # Tokens a stage removed are not its candidates: stand the chosen token in for them.
-    tops = torch.where(torch.isfinite(top.values), top.indices, tokens[None, :, None])
+    chosen = tokens[:, None]  # (B, 1)
+    # Stages that were off returned their input object: snapshot each distinct tensor once.
+    snaps: list[_Snap] = []
+    which: list[int] = []
+    kept, removed = [], []  # per distinct snapshot, (B,) each
+    support = None
+    for i, (name, t) in enumerate(stages):
+        if i > 0 and t is stages[i - 1][1]:
+            which.append(len(snaps) - 1)
+            continue
+        prev = snaps[-1] if snaps else None
+        if name in TRUNCATING or prev is None:
+            alive = torch.isfinite(t if support is None else t.gather(1, support))
+            n_alive = alive.sum(dim=-1)
+            if support is None and int(n_alive.max()) <= COMPACT:
+                support = t.topk(int(n_alive.max()), dim=-1).indices  # (B, m): the survivors
+                alive = torch.isfinite(t.gather(1, support))
+            snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
+            if prev is None:
+                lost = torch.zeros(B, device=t.device)
+            elif prev.support is None and support is not None:
+                # The previous mass that did not land on this stage's survivors was removed.
+                lost = (1.0 - (prev.p.gather(1, support) * alive).sum(dim=-1)).clamp(min=0.0)
+            else:
+                lost = prev.p.masked_fill(alive, 0.0).sum(dim=-1)
+        else:
+            n_alive, lost = kept[-1], torch.zeros(B, device=t.device)
+            snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
+        snaps.append(snap)
+        kept.append(n_alive)
+        removed.append(lost)
+        which.append(len(snaps) - 1)
 
-    raw_lp, final_lp = lp[0], lp[-1]  # (B, V)
-    top_raw = raw_lp.topk(k, dim=-1)  # (B, k)
-    chosen = tokens[:, None]
-    chosen_raw = raw_lp.gather(1, chosen).squeeze(1)
-    chosen_final = final_lp.gather(1, chosen).squeeze(1)
-    rank = (raw_lp > chosen_raw[:, None]).sum(dim=-1) + 1
-    cands = torch.cat([tops.permute(1, 0, 2).reshape(B, -1), chosen], dim=1)  # (B, D*k + 1)
-    top_final = final_lp.gather(1, top_raw.indices)
+    tops = [s.top(k, chosen) for s in snaps]
+    raw, final = snaps[0], snaps[-1]
+    top_raw_ids = raw.top(k, chosen)  # raw keeps every token, so these are the true top-k
+    cands = torch.cat(tops + [chosen], dim=1)  # (B, D*k + 1)
+
+    def logps(ids: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        pos = found = None
+        for s in snaps:
+            if s.support is not None and pos is None:
+                eq = ids[:, :, None] == s.support[:, None, :]  # (B, K, m)
+                found, pos = eq.any(dim=-1), eq.int().argmax(dim=-1)
+            out.append(s.logp_at(ids, pos, found))
+        return out
+
+    cand_lp = torch.stack(logps(cands))  # (D, B, C)
+    top_lp = logps(top_raw_ids)
+    chosen_raw = cand_lp[0, :, -1]
+    chosen_final = cand_lp[-1, :, -1]
+    in_top = top_raw_ids == chosen
+    # Rank of the chosen token in the raw distribution: its place in the top-k when it is there.
+    rank = torch.where(in_top.any(dim=1), in_top.int().argmax(dim=1) + 1,
+                       (raw.x > raw.x.gather(1, chosen)).sum(dim=-1) + 1)
 
     # One move to the CPU for everything the rows need.
-    ent, kep, rem = entropy.T.cpu().numpy(), kept.T.cpu().numpy().astype(np.int32), removed.T.cpu().numpy()
+    cand_np = cands.cpu().numpy()
+    cand_lp_np = cand_lp.cpu().numpy()
+    ent = torch.stack([s.entropy for s in snaps], 1).cpu().numpy()  # (B, D)
+    kep = torch.stack(kept, 1).cpu().numpy().astype(np.int32)
+    rem = torch.stack(removed, 1).cpu().numpy()
     # A stage that was off removed nothing, even though it shares its predecessor's snapshot.
     changed = np.array([s > 0 and which[s] != which[s - 1] for s in range(len(stages))])
     scalars = torch.stack([chosen_raw, chosen_final, rank.float()], 1).cpu().tolist()
-    top_ids = top_raw.indices.cpu().numpy().astype(np.int32)
-    top_raw_v = top_raw.values.cpu().numpy().astype(np.float32)
-    top_final_v = top_final.cpu().numpy().astype(np.float32)
+    top_ids = top_raw_ids.cpu().numpy().astype(np.int32)
+    top_raw_v = top_lp[0].cpu().numpy().astype(np.float32)
+    top_final_v = top_lp[-1].cpu().numpy().astype(np.float32)
     draws = None if landing is None else landing.cpu().tolist()
     token_list = tokens.cpu().tolist()
 
     rows = []
     for b in range(B):
-        ids = torch.unique(cands[b])
+        ids, first = np.unique(cand_np[b], return_index=True)
+        lp = cand_lp_np[:, b, first]  # (D, K)
         # Order candidates by final probability, then by raw logit, so charts read left to right.
-        ids = ids[torch.argsort(raw_lp[b, ids], descending=True, stable=True)]
-        ids = ids[torch.argsort(final_lp[b, ids], descending=True, stable=True)]
-        probs = p[:, b, ids].cpu().numpy().astype(np.float32)  # (D, K)
-        raw, final, rk = scalars[b]
+        order = np.lexsort((-lp[0], -lp[-1]))
+        ids, probs = ids[order], np.exp(lp[:, order])
+        raw_lp, final_lp, rk = scalars[b]
         rows.append(
             {
                 "token_id": token_list[b],
-                "logprob": final,
-                "raw_logprob": raw,
+                "logprob": final_lp,
+                "raw_logprob": raw_lp,
                 "rank": int(rk),
                 "top_ids": top_ids[b],
                 "top_raw_logprobs": top_raw_v[b],
                 "top_logprobs": top_final_v[b],
-                "cand_ids": ids.cpu().numpy().astype(np.int32),
-                "stage_probs": probs[which],
+                "cand_ids": ids.astype(np.int32),
+                "stage_probs": probs.astype(np.float32)[which],
                 "stage_entropy": ent[b][which].astype(np.float32),
                 "stage_kept": kep[b][which],
                 "stage_removed": np.where(changed, rem[b][which], 0.0).astype(np.float32),
@@ -151,3 +216,4 @@ def record(
             }
         )
     return rows
+
