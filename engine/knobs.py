@@ -59,7 +59,7 @@ class Knob:
         if self.lo is None:
             return ""
         left = "(" if self.lo_open else "["
-        right = ")" if self.hi_open else "]"
+        right = ")" if self.hi_open or self.hi is None else "]"
         hi = "inf" if self.hi is None else _num(self.hi)
         return f"{left}{_num(self.lo)}, {hi}{right}"
 
@@ -142,6 +142,7 @@ REQUEST_KNOBS: dict[str, Knob] = {
         Knob("reasoning_effort", "choice", None, "low, medium or high thinking budget, for models whose template supports thinking.", "advanced",
              choices=("low", "medium", "high")),
         Knob("modalities", "modalities", None, "Output modalities: only [\"text\"] is supported.", "output"),
+        Knob("response_format", "response_format", None, "text, json_object, or json_schema: JSON output guaranteed by a grammar.", "advanced"),
     ]
 }
 

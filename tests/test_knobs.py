@@ -37,9 +37,9 @@ def test_every_knob_has_help_text_and_a_group():
         ("repetition_penalty", 2.0, "(0, 2)"),
         ("n", 0, "[1, 128]"),
         ("n", 129, "[1, 128]"),
-        ("top_k", -1, "[0, inf]"),
+        ("top_k", -1, "[0, inf)"),
         ("top_logprobs", 21, "[0, 20]"),
-        ("max_tokens", 0, "[1, inf]"),
+        ("max_tokens", 0, "[1, inf)"),
     ],
 )
 def test_out_of_range_value_names_the_knob_and_its_range(name, bad, range_text):
