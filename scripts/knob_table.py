@@ -1,6 +1,7 @@
-"""Print the README's table of knobs from engine/knobs.py, the one source of truth.
+"""The README's table of knobs, made from engine/knobs.py, the one source of truth.
 
-    .venv/bin/python scripts/knob_table.py
+    .venv/bin/python scripts/knob_table.py           # print it
+    .venv/bin/python scripts/knob_table.py --write   # put it into README.md between its markers
 """
 
 import sys
@@ -20,5 +21,20 @@ def table() -> str:
     return "\n".join(rows)
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- KNOB-TABLE:START -->", "<!-- KNOB-TABLE:END -->"
+
+
+def in_readme() -> str:
+    text = README.read_text()
+    return text[text.index(START) + len(START) : text.index(END)].strip()
+
+
+def write() -> None:
+    text = README.read_text()
+    head, rest = text.split(START, 1)
+    README.write_text(head + START + "\n" + table() + "\n" + END + rest.split(END, 1)[1])
+
+
 if __name__ == "__main__":
-    print(table())
+    write() if "--write" in sys.argv else print(table())
