@@ -1,13 +1,38 @@
-"""The OpenAI-compatible HTTP API (/v1), served by the same process as the UI."""
+"""The OpenAI-compatible HTTP API (/v1), served by the same process as the UI.
+
+    GET  /v1/models              the loaded models
+    POST /v1/chat/completions    every sampling knob at the top level; stream: true for server-sent events
+
+Every error, bad input included, answers in OpenAI's shape {"error": {message, type, param, code}}:
+400 for bad input (naming the field), 401 for a missing or wrong key, 403 for a remote client of a server
+without a key, 404 for an unknown model or path, 429 past the caps. Generation runs in a worker thread, so
+the event loop (and the Gradio UI on the same server) stays responsive; a client that disconnects stops
+its generation within one step.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
+import json
+import threading
 import time
 from dataclasses import dataclass
+from typing import AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.generator import Generation
+from engine.knobs import ParamError
+from engine.trace import Step
+from playground.api_format import Meta
 from playground.models import ModelHost
+from playground.schema import ChatCompletionRequest, to_engine
 
 
 @dataclass(frozen=True)
@@ -18,14 +43,275 @@ class ApiSettings:
     max_in_flight: int = 8  # cap on requests generating at once
 
 
+class ApiError(Exception):
+    """An answer other than 200, in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+# --- who may call /v1 ---------------------------------------------------------------------------------
+
+def is_loopback(host: str | None) -> bool:
+    if host == "testclient":  # Starlette's in-process test client
+        return True
+    try:
+        addr = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return (mapped or addr).is_loopback
+
+
+def refusal(settings: ApiSettings, headers: Headers, client_host: str | None) -> ApiError | None:
+    """Why this caller may not use /v1, or None when it may."""
+    if settings.api_key:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken must not tell how much of a guessed key was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            return ApiError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
+                            code="invalid_api_key")
+    elif not settings.open_to_remote and not is_loopback(client_host):
+        return ApiError(403, "This server's API answers only its own machine (loopback). Start it with "
+                        "--api-key KEY (or PLAYGROUND_API_KEY) to let others in with that key, or --open-api.",
+                        code="forbidden")
+    return None
+
+
+class V1Guard:
+    """ASGI middleware: applies `refusal` to /v1 paths only (the UI is Gradio's business), and before
+    the body is read, so a caller without the key learns nothing about its request."""
+
+    def __init__(self, app, settings: ApiSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+            client = scope.get("client")
+            error = refusal(self.settings, Headers(scope=scope), client[0] if client else None)
+            if error is not None:
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# --- caps and the worker thread ------------------------------------------------------------------------
+
+class Slots:
+    """Counts requests generating at once; `take` fails past the cap instead of queueing."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
+
+
+_END = object()
+
+
+def steps_in_thread(gen: Generation, on_exit: Callable[[], None]) -> AsyncIterator[list[Step]]:
+    """Start iterating `gen` in its own thread now, and return an async iterator over its steps as they
+    are made. `on_exit` runs when the thread ends, which after a cancel is within one step."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop closed (server shutting down): nobody is listening
+            pass
+
+    def produce() -> None:
+        item = _END
+        try:
+            for steps in gen:
+                put(steps)
+        except Exception as e:  # handed to the request, which answers instead of waiting forever
+            item = e
+        finally:
+            on_exit()
+        put(item)
+
+    async def drain():
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    # Started here, not on first iteration: on_exit must run even if nobody ever iterates.
+    threading.Thread(target=produce, name="generation", daemon=True).start()
+    return drain()
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, allow_nan=False)}\n\n"
+
+
+# --- errors --------------------------------------------------------------------------------------------
+
+def _param_of(err: dict, body) -> str | None:
+    """The field path, e.g. messages[0].content, from pydantic's error location. The location also holds
+    the names of union members pydantic tried ('user', 'str', ...): keep only the parts that are places
+    in the request body, and the last part of a 'missing' error (the field that is absent)."""
+    loc = tuple(err.get("loc", ()))
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    out, node = "", body
+    for n, part in enumerate(parts):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (err["type"] == "missing" and n == len(parts) - 1):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return out or None
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    # Of a union's failed members, the one that got furthest into the value says the most.
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    if err["type"] == "json_invalid":
+        return ApiError(400, f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}.")
+    param = _param_of(err, exc.body)
+    if param is None:
+        return ApiError(400, "The request body must be a JSON object with at least 'messages'.")
+    if err["type"] == "extra_forbidden":
+        return ApiError(400, f"Unknown parameter {param!r}: see /openapi.json for the fields this API takes.",
+                        param=param, code="unknown_parameter")
+    if err["type"] == "missing":
+        return ApiError(400, f"{param} is required.", param=param, code="missing_required_parameter")
+    return ApiError(400, f"{param}: {err['msg']}.", param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(ParamError)
+    async def _param_error(request, exc: ParamError):
+        return ApiError(400, exc.message, param=exc.param, code=exc.code).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        return validation_error(exc).response()
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc: Exception):
+        # Only a bug lands here (bad input is answered above); keep the shape clients parse.
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        return ApiError(exc.status_code, str(exc.detail), type="invalid_request_error", headers=exc.headers).response()
+
+
+# --- routes --------------------------------------------------------------------------------------------
+
+_ERRORS = {
+    code: {"description": text, "content": {"application/json": {"example": {"error": {
+        "message": text, "type": "invalid_request_error", "param": None, "code": None}}}}}
+    for code, text in [(400, "bad input, naming the field and its allowed range"), (401, "missing or wrong API key"),
+                       (403, "remote client of a server without a key"), (404, "unknown model"),
+                       (429, "past the cap on n x max_tokens or on requests in flight")]
+}
+
+
 def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
-    app = FastAPI(title="Sampling Playground API")
+    app = FastAPI(title="Sampling Playground API", description=__doc__)
+    app.add_middleware(V1Guard, settings=settings)
+    install_error_handlers(app)
+    slots = Slots(settings.max_in_flight)
+
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local"}
 
     @app.get("/v1/models")
     def list_models():
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": int(time.time()), "owned_by": "local"} for name in host.names()],
-        }
+        return {"object": "list", "data": [model_card(name) for name in host.names()]}
+
+    @app.get("/v1/models/{model:path}", responses={404: _ERRORS[404]})
+    def get_model(model: str):
+        lookup(host, model)
+        return model_card(model)
+
+    @app.post("/v1/chat/completions", responses={
+        200: {"description": "a chat.completion object, or with stream: true an event stream of chat.completion.chunk objects ending with data: [DONE]"},
+        **{code: _ERRORS[code] for code in (400, 401, 403, 404, 429)},
+    })
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        lm = lookup(host, body.model)
+        prompt_ids, params = to_engine(body, lm)
+        stop = threading.Event()
+        gen = Generation(lm, prompt_ids, params, cancel=stop.is_set)  # may refuse: context, vocabulary
+        budget = params.n * gen.max_tokens
+        if budget > settings.max_batch_tokens:
+            raise ApiError(429, f"n x max_tokens = {params.n} x {gen.max_tokens} = {budget} tokens is more than this "
+                           f"server generates for one request ({settings.max_batch_tokens}); lower n or max_tokens.",
+                           type="tokens", param="max_tokens", code="rate_limit_exceeded")
+        meta = Meta(lm, gen, params.logprobs, params.top_logprobs, bool(body.trace))
+        if not slots.take():
+            raise ApiError(429, f"This server is already generating for {settings.max_in_flight} requests; retry shortly.",
+                           type="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        steps = steps_in_thread(gen, slots.give)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream(meta, steps, stop, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            async for _ in steps:
+                if await request.is_disconnected():
+                    break
+        finally:
+            stop.set()  # a no-op when the generation already ended; else it ends within one step
+        return meta.completion()
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown_path(path: str, request: Request):
+        raise ApiError(404, f"There is no {request.method} /v1/{path} here: this API serves GET /v1/models, "
+                       "GET /v1/models/{model} and POST /v1/chat/completions.", code="unknown_url")
 
     return app
+
+
+def lookup(host: ModelHost, name: str | None):
+    try:
+        return host.get(name)
+    except KeyError:
+        raise ApiError(404, f"The model {name!r} is not loaded here; GET /v1/models lists {host.names()}.",
+                       param="model", code="model_not_found") from None
+
+
+async def stream(meta: Meta, steps: AsyncIterator[list[Step]], stop: threading.Event, include_usage: bool):
+    """Data-only server-sent events: a role chunk per choice, one chunk per token per choice (the last
+    with its finish_reason), the usage chunk if asked, then [DONE]. When the client goes away Starlette
+    cancels this generator, and `finally` stops the generation."""
+    try:
+        for i in range(meta.gen.params.n):
+            yield sse(meta.chunk([meta.first_delta(i)], include_usage=include_usage))
+        try:
+            async for batch in steps:
+                for step in batch:
+                    yield sse(meta.chunk([meta.step_delta(step)], include_usage=include_usage))
+        except Exception as e:  # the status line is sent already: report in the stream, as vLLM does
+            yield sse({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": None}})
+        if include_usage:
+            yield sse(meta.chunk([], usage=meta.usage(), include_usage=True))
+        yield "data: [DONE]\n\n"
+    finally:
+        stop.set()

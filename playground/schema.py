@@ -1,0 +1,232 @@
+"""The wire schema of the chat-completions API (pydantic), and the one function that turns a request into
+engine inputs (`to_engine`).
+
+Sampling knobs are typed `Any` on the wire and documented in the OpenAPI schema from `engine.knobs.KNOBS`
+(type, range, default, help), so ranges are written once. Their values are checked by
+`SamplingParams.build`, so a bad value gets the engine's message naming the knob and its range. The
+non-OpenAI knobs (top_k, min_p, repetition_penalty, ...) sit at the top level, where the openai client's
+`extra_body` puts them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+
+from engine.knobs import KNOBS, MAX_STOP_SEQUENCES, REQUEST_KNOBS, STAGE_ORDER, Knob, ParamError, SamplingParams
+from engine.model import LoadedModel
+
+
+def _knob_json_schema(knob: Knob) -> dict:
+    """The OpenAPI schema of one knob's value, read from its definition."""
+    if knob.kind in ("float", "int", "optional_int"):
+        value: dict = {"type": "number" if knob.kind == "float" else "integer"}
+        if knob.lo is not None:
+            value["exclusiveMinimum" if knob.lo_open else "minimum"] = knob.lo
+        if knob.hi is not None:
+            value["exclusiveMaximum" if knob.hi_open else "maximum"] = knob.hi
+    elif knob.kind == "bool":
+        value = {"type": "boolean"}
+    elif knob.kind == "choice":
+        value = {"type": "string", "enum": list(knob.choices)}
+    elif knob.kind == "stop":
+        value = {"anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP_SEQUENCES},
+        ]}
+    elif knob.kind == "logit_bias":
+        value = {
+            "type": "object",
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"type": "number", "minimum": knob.lo, "maximum": knob.hi},
+        }
+    elif knob.kind == "order":
+        value = {"type": "array", "items": {"type": "string", "enum": list(STAGE_ORDER)},
+                 "minItems": len(STAGE_ORDER), "maxItems": len(STAGE_ORDER), "uniqueItems": True}
+    else:
+        raise AssertionError(knob.kind)
+    extension = "" if knob.openai else " (playground extension; with the openai client pass it in extra_body)"
+    range_text = f" Range {knob.range_text()}." if knob.range_text() else ""
+    return {"anyOf": [value, {"type": "null"}], "description": knob.help + range_text + extension}
+
+
+def _knob_field(knob: Knob):
+    default = list(knob.default) if isinstance(knob.default, tuple) else knob.default
+    # The field itself defaults to None ("not given"); the schema shows what that means.
+    return Annotated[Any, WithJsonSchema(_knob_json_schema(knob))], Field(None, json_schema_extra={"default": default})
+
+
+# One optional field per sampling knob; null or absent means the knob's default.
+SamplingFields = create_model("SamplingFields", **{name: _knob_field(knob) for name, knob in KNOBS.items()})
+
+
+class _Wire(BaseModel):
+    # Strict: a string is not silently read as a number or a boolean; unknown fields are refused by name.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class MediaPart(BaseModel):
+    """An image, audio or file part: valid OpenAI input, refused by name by `to_engine` (text model)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["image_url", "input_audio", "file"]
+
+
+class _Message(BaseModel):
+    # Extra fields are ignored, not refused: clients echo whole response messages back (refusal, audio, ...).
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: str | None = None
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]  # developer is OpenAI's newer name; the template reads it as system
+    content: str | list[TextPart]
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: str | list[Annotated[TextPart | MediaPart, Field(discriminator="type")]]
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None  # may be null when the message holds tool_calls
+    tool_calls: list[dict] | None = None
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+
+
+class FunctionDef(_Wire):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(_Wire):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class StreamOptions(_Wire):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # accepted for compatibility; chunks are never padded
+
+
+def _doc(name: str) -> str:
+    return REQUEST_KNOBS[name].help
+
+
+class ChatCompletionRequest(SamplingFields, _Wire):
+    """POST /v1/chat/completions. Every sampling knob of the playground is a top-level field."""
+
+    model: str | None = Field(None, description=_doc("model") + " Absent: the server's default model.")
+    messages: list[Message] = Field(min_length=1, description=_doc("messages"))
+    stream: bool | None = Field(None, description=_doc("stream"))
+    stream_options: StreamOptions | None = Field(None, description=_doc("stream_options"))
+    tools: list[Tool] | None = Field(None, description=_doc("tools"))
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=_doc("tool_choice"))
+    reasoning_effort: Literal[REQUEST_KNOBS["reasoning_effort"].choices] | None = Field(None, description=_doc("reasoning_effort"))
+    modalities: list[Literal["text", "audio"]] | None = Field(None, description=_doc("modalities"))
+    response_format: ResponseFormat | None = Field(None, description="Only {\"type\": \"text\"} for now.")
+    audio: dict | None = Field(None, description="Audio output is not supported: text models only.")
+    trace: bool | None = Field(
+        None,
+        description="Playground extension: return, per choice, the sampler's record of every step (the "
+        "probabilities after each stage, kept counts, removed mass, where the draw landed) and the text of "
+        "every token id in it, so the UI's pictures can be rebuilt from a saved response.",
+    )
+    # Accepted for compatibility with OpenAI clients; they change nothing here.
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+
+def check_unsupported(req: ChatCompletionRequest) -> None:
+    """Refuse, by name, what this playground cannot do yet: tool calls and structured output (issue 5
+    replaces this), and audio."""
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice) or choice == "required":
+        if not req.tools:
+            raise ParamError("tool_choice", "tool_choice names a tool or requires one, but no tools were given")
+    if req.tools and choice != "none":
+        raise ParamError("tools", "tool calling is not supported yet for this model; leave tools out or send tool_choice 'none'")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise ParamError("response_format", f"response_format {req.response_format.type!r} is not supported yet; only 'text' is")
+    if req.modalities is not None and "audio" in req.modalities:
+        raise ParamError("modalities", "audio output is not supported: this is a text model; send modalities [\"text\"]")
+    if req.audio is not None:
+        raise ParamError("audio", "audio output is not supported: this is a text model")
+
+
+def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> tuple[list[int], SamplingParams]:
+    """The one conversion from the wire to the engine: prompt token ids and validated sampling params.
+    Raises ParamError naming the offending field."""
+    check_unsupported(req)
+    if req.stream_options is not None and not req.stream:
+        raise ParamError("stream_options", "stream_options is only allowed when stream is true")
+    params = SamplingParams.build(**{name: getattr(req, name) for name in KNOBS})
+    template_kwargs = {}
+    if req.reasoning_effort is not None:
+        template = getattr(lm.tokenizer, "chat_template", None) or ""
+        if "reasoning_effort" not in template:
+            raise ParamError(
+                "reasoning_effort",
+                f"reasoning_effort needs a model that thinks before answering; {lm.name}'s chat template has "
+                "no reasoning setting, so leave reasoning_effort out",
+            )
+        template_kwargs["reasoning_effort"] = req.reasoning_effort
+    messages = [_plain_message(i, m) for i, m in enumerate(req.messages)]
+    try:
+        prompt_ids = lm.encode_chat(messages, **template_kwargs)
+    except Exception as e:  # the chat template may refuse a conversation (e.g. roles out of order)
+        raise ParamError("messages", f"the model's chat template refused these messages: {e}") from e
+    return prompt_ids, params
+
+
+def _plain_message(i: int, m: Message) -> dict:
+    """A message as the chat template reads it: role and plain-text content (developer reads as system)."""
+    if isinstance(m.content, list):
+        for j, part in enumerate(m.content):
+            if isinstance(part, MediaPart):
+                raise ParamError(f"messages[{i}].content[{j}]", f"content parts of type {part.type!r} are not supported: this model reads text only")
+        content = "\n".join(part.text for part in m.content)  # as vLLM joins text parts
+    elif m.content is None:
+        if not m.tool_calls:
+            raise ParamError(f"messages[{i}].content", "an assistant message needs content or tool_calls")
+        content = ""
+    else:
+        content = m.content
+    return {"role": "system" if m.role == "developer" else m.role, "content": content}
