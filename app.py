@@ -11,6 +11,16 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
@@ -20,8 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--api-key", default=os.environ.get("PLAYGROUND_API_KEY"), help="require Authorization: Bearer KEY on /v1 (env PLAYGROUND_API_KEY)")
     p.add_argument("--open-api", action="store_true", help="serve /v1 without a key to clients beyond loopback (on by default on a Hugging Face Space)")
-    p.add_argument("--max-batch-tokens", type=int, default=int(os.environ.get("PLAYGROUND_MAX_BATCH_TOKENS", "65536")), help="cap on n x max_tokens per request (429 past it)")
-    p.add_argument("--max-in-flight", type=int, default=int(os.environ.get("PLAYGROUND_MAX_IN_FLIGHT", "8")), help="cap on API requests generating at once (429 past it)")
+    # String defaults go through `type` too, so a bad environment value gets argparse's clear error.
+    p.add_argument("--max-batch-tokens", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_BATCH_TOKENS", "65536"), help="cap on n x max_tokens per request (429 past it)")
+    p.add_argument("--max-in-flight", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_IN_FLIGHT", "8"), help="cap on API requests generating at once (429 past it)")
     return p.parse_args(argv)
 
 

@@ -10,6 +10,7 @@ non-OpenAI knobs (top_k, min_p, repetition_penalty, ...) sit at the top level, w
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
@@ -197,6 +198,7 @@ def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> tuple[list[int], S
     check_unsupported(req)
     if req.stream_options is not None and not req.stream:
         raise ParamError("stream_options", "stream_options is only allowed when stream is true")
+    _check_token_id_keys(req.logit_bias)
     params = SamplingParams.build(**{name: getattr(req, name) for name in KNOBS})
     template_kwargs = {}
     if req.reasoning_effort is not None:
@@ -214,6 +216,15 @@ def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> tuple[list[int], S
     except Exception as e:  # the chat template may refuse a conversation (e.g. roles out of order)
         raise ParamError("messages", f"the model's chat template refused these messages: {e}") from e
     return prompt_ids, params
+
+
+def _check_token_id_keys(logit_bias: Any) -> None:
+    # JSON object keys are strings. The engine reads them with str.isdigit() then int(), and isdigit()
+    # also accepts '²', which int() refuses with a bare ValueError: keep keys to ASCII digits here.
+    if isinstance(logit_bias, dict):
+        for key in logit_bias:
+            if isinstance(key, str) and not re.fullmatch(r"\s*[0-9]+\s*", key):
+                raise ParamError("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
 
 
 def _plain_message(i: int, m: Message) -> dict:

@@ -253,7 +253,7 @@ def out_of_range(knob: Knob) -> list:
         return values
     return {
         "bool": ["yes"], "choice": ["sideways"], "stop": [["s"] * (MAX_STOP_SEQUENCES + 1), [""]],
-        "logit_bias": [{"5": 101}, {"five": 1}, {"99999999": 1}], "order": [["temperature"]],
+        "logit_bias": [{"5": 101}, {"five": 1}, {"\u00b2": 1}, {"99999999": 1}], "order": [["temperature"]],
     }[knob.kind]
 
 

@@ -134,3 +134,12 @@ def test_a_remote_client_gets_403_in_the_openai_shape_and_the_key_still_applies_
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     keyed = TestClient(create_api(host=None, settings=ApiSettings(api_key=KEY)), client=("10.0.0.7", 5000))
     assert keyed.get("/v1/nowhere", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+
+
+def test_caps_must_be_positive_integers():
+    import app
+
+    assert app.parse_args(["--max-in-flight", "3"]).max_in_flight == 3
+    for bad in (["--max-in-flight", "0"], ["--max-batch-tokens", "many"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(bad)
