@@ -89,10 +89,12 @@ def top_k(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     # Exactly k survive: ties with the k-th logit go to the lower token ids, the same rule argmax uses,
     # so top_k = 1 is greedy even where bf16 logits tie (Hugging Face keeps every tied token instead).
     kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
-    above = logits > kth
-    tied = logits == kth
-    room = k - above.sum(dim=-1, keepdim=True)
-    keep = above | (tied & (tied.cumsum(dim=-1) <= room))
+    keep = logits >= kth
+    if int(keep.sum(dim=-1).max()) > k:  # a tie at the k-th place: the lower ids win, as in argmax
+        above = logits > kth
+        tied = logits == kth
+        room = k - above.sum(dim=-1, keepdim=True)
+        keep = above | (tied & (tied.cumsum(dim=-1) <= room))
     return logits.masked_fill(~keep, NEG_INF)
 
 
@@ -158,18 +160,32 @@ def draw(final: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, tor
     if u is None:
         return final.argmax(dim=-1), None
     probs = torch.softmax(final, dim=-1)  # (B, V)
-    cdf = probs.cumsum(dim=-1)  # (B, V), vocabulary order: no sort needed to draw
+    u = u.to(probs.device, probs.dtype)[:, None]  # (B, 1)
+    V = probs.shape[-1]
+    alive = int(torch.isfinite(final).sum(dim=-1).max())
+    if alive <= V // 8:
+        # Few survivors (a truncation ran): walk their CDF sorted by probability, so the uniform
+        # itself is where the draw landed.
+        sorted_p, ids = probs.topk(alive, dim=-1)  # (B, m), descending
+        cdf = sorted_p.cumsum(dim=-1)
+        target = u * cdf[:, -1:]
+        at = torch.searchsorted(cdf, target, right=True)
+        # Rounding can push the target past the last positive entry: stay on it.
+        at = torch.minimum(at, (sorted_p > 0).sum(dim=-1, keepdim=True) - 1)
+        return ids.gather(1, at).squeeze(1), u.squeeze(1).clamp(0.0, 1.0)
+    # Most of the vocabulary survives: walk the CDF in vocabulary order, which needs no sort.
+    cdf = probs.cumsum(dim=-1)  # (B, V)
     total = cdf[:, -1:]
-    target = u.to(probs.device, probs.dtype)[:, None] * total  # (B, 1)
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
-    # Rounding can push target past the last positive entry: fall back to that entry.
-    last_positive = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    target = u * total  # (B, 1)
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=V - 1)
     p_tok = probs.gather(1, tokens[:, None])  # (B, 1)
-    tokens = torch.where(p_tok.squeeze(1) > 0, tokens, last_positive)
-    p_tok = probs.gather(1, tokens[:, None])
+    if bool((p_tok == 0).any()):  # rounding pushed the target past the last positive entry
+        last_positive = V - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+        tokens = torch.where(p_tok.squeeze(1) > 0, tokens, last_positive)
+        p_tok = probs.gather(1, tokens[:, None])
     # The same draw seen on the probability-sorted CDF: the mass of all tokens ranked above the chosen
     # one, plus how far into the chosen token's own band the uniform fell.
-    ids = torch.arange(probs.shape[-1], device=probs.device)
+    ids = torch.arange(V, device=probs.device)
     above = (probs > p_tok) | ((probs == p_tok) & (ids < tokens[:, None]))
     mass_above = (probs * above).sum(dim=-1)
     into_band = (target.squeeze(1) - (cdf.gather(1, tokens[:, None]).squeeze(1) - p_tok.squeeze(1))).clamp(min=0)

@@ -81,9 +81,11 @@ def test_greedy_equals_top_k_one_equals_min_p_one():
 # --- the record matches what was sampled ----------------------------------------------------
 
 
-def test_sampled_frequencies_follow_the_final_distribution_the_record_reports():
-    probs = [1e-9, 0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05, 1e-9, 1e-9]
-    lm = fake_lm(fixed(probs), LETTERS)
+@pytest.mark.parametrize("extra_tokens", [0, 70], ids=["most-survive", "few-survive"])
+def test_sampled_frequencies_follow_the_final_distribution_the_record_reports(extra_tokens):
+    # Few survivors out of a larger vocabulary take the draw's sorted path, many its vocabulary path.
+    probs = [1e-9, 0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05, 1e-9, 1e-9] + [1e-12] * extra_tokens
+    lm = fake_lm(fixed(probs), LETTERS + [b"z"] * extra_tokens)
     knobs = dict(temperature=0.7, top_k=6, top_p=0.95, max_tokens=1, n=128)
     counts = np.zeros(len(probs))
     final = None

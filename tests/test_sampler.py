@@ -213,6 +213,14 @@ def test_draw_never_picks_a_removed_token():
         assert draw(x, torch.tensor([u]))[0].item() == 1
 
 
+def test_with_few_survivors_the_draw_walks_the_sorted_cdf_and_lands_at_u():
+    x = torch.full((1, 64), -INF)
+    x[0, [5, 9, 40]] = torch.tensor([0.2, 0.5, 0.3]).log()  # sorted: 9 [0, .5), 40 [.5, .8), 5 [.8, 1)
+    for u, expected in [(0.1, 9), (0.6, 40), (0.9, 5), (0.999999, 5)]:
+        tokens, landing = draw(x, torch.tensor([u]))
+        assert tokens.item() == expected and landing.item() == pytest.approx(u)
+
+
 def test_draw_landing_lies_in_the_chosen_tokens_band_of_the_sorted_cdf():
     x = probs(0.1, 0.2, 0.3, 0.4)  # sorted by probability: 3 [0, .4), 2 [.4, .7), 1 [.7, .9), 0 [.9, 1)
     bands = {3: (0.0, 0.4), 2: (0.4, 0.7), 1: (0.7, 0.9), 0: (0.9, 1.0)}
