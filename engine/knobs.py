@@ -243,7 +243,7 @@ def _check_logit_bias(knob: Knob, value: Any) -> tuple[tuple[int, float], ...]:
     out = {}
     for key, bias in value.items():
         is_id = (isinstance(key, int) and not isinstance(key, bool) and key >= 0) or (
-            isinstance(key, str) and key.strip().isdigit()
+            isinstance(key, str) and key.strip().isascii() and key.strip().isdigit()  # not "²", which int() refuses
         )
         if not is_id:
             raise ParamError("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {key!r}")

@@ -77,6 +77,7 @@ def test_logit_bias_takes_string_or_int_token_ids_and_biases_in_range():
     assert "[-100, 100]" in error(logit_bias={"5": 101}).message
     assert error(logit_bias={"x": 1}).param == "logit_bias"
     assert error(logit_bias={"-3": 1}).param == "logit_bias"
+    assert error(logit_bias={"²": 1}).param == "logit_bias"
     assert error(logit_bias=[1, 2]).param == "logit_bias"
 
 
