@@ -24,6 +24,7 @@ from typing import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -256,15 +257,21 @@ def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
     })
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         lm = lookup(host, body.model)
-        prompt_ids, params = to_engine(body, lm)
         stop = threading.Event()
-        gen = Generation(lm, prompt_ids, params, cancel=stop.is_set)  # may refuse: context, vocabulary
+
+        def prepare():  # may refuse (ParamError): knobs, messages, tools, context, vocabulary, grammar
+            chat = to_engine(body, lm)
+            return chat, chat.generation(cancel=stop.is_set)
+
+        # Off the event loop: a long prompt's tokenizing or a large JSON schema's grammar takes a while.
+        chat, gen = await run_in_threadpool(prepare)
+        params = chat.params
         budget = params.n * gen.max_tokens
         if budget > settings.max_batch_tokens:
             raise ApiError(429, f"n x max_tokens = {params.n} x {gen.max_tokens} = {budget} tokens is more than this "
                            f"server generates for one request ({settings.max_batch_tokens}); lower n or max_tokens.",
                            type="tokens", param="max_tokens", code="rate_limit_exceeded")
-        meta = Meta(lm, gen, params.logprobs, params.top_logprobs, bool(body.trace))
+        meta = Meta(chat, gen, bool(body.trace))
         if not slots.take():
             raise ApiError(429, f"This server is already generating for {settings.max_in_flight} requests; retry shortly.",
                            type="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})

@@ -8,6 +8,11 @@ distribution a token was actually drawn from is in the opt-in `trace` (each stag
 
 The EOS token ends a completion but is not part of its text, so it gets no logprobs entry; the token
 that completes a stop sequence does (the stop sequence is part of the text).
+
+Tool calls and thinking are only known once a completion is whole (the engine's ChatRequest.message
+splits them out of the text). So when a request may call a tool (tool_choice other than none) or think
+(reasoning_effort), a stream still sends one chunk per token, with its logprobs and trace, but an empty
+delta; the choice's last chunk carries the content, reasoning_content and tool_calls all at once.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from engine.chat import ChatRequest
 from engine.generator import Generation
 from engine.model import LoadedModel
 from engine.trace import Step
@@ -46,12 +52,13 @@ def fingerprint(lm: LoadedModel) -> str:
 class Meta:
     """What every chunk and the final body of one request share."""
 
-    def __init__(self, lm: LoadedModel, gen: Generation, want_logprobs: bool, top_logprobs: int, trace: bool):
+    def __init__(self, chat: ChatRequest, gen: Generation, trace: bool):
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
-        self.lm, self.gen = lm, gen
-        self.want_logprobs, self.top_logprobs, self.trace = want_logprobs, top_logprobs, trace
-        self.fingerprint = fingerprint(lm)
+        self.lm, self.chat, self.gen = chat.lm, chat, gen
+        self.want_logprobs, self.top_logprobs, self.trace = gen.params.logprobs, gen.params.top_logprobs, trace
+        self.buffered = chat.tool_choice != "none" or chat.thinking is not None
+        self.fingerprint = fingerprint(chat.lm)
 
     def head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.lm.name,
@@ -91,16 +98,24 @@ class Meta:
         """The whole chat.completion body once the generation has finished."""
         choices = []
         for i, steps in enumerate(self.gen.completions):
-            choice = {
-                "index": i,
-                "message": {"role": "assistant", "content": self.gen.texts[i], "refusal": None},
-                "logprobs": self.logprobs(steps),
-                "finish_reason": self.gen.finish_reasons[i],
-            }
+            message, finish = self.message(i)
+            choice = {"index": i, "message": {"role": "assistant", **message, "refusal": None},
+                      "logprobs": self.logprobs(steps), "finish_reason": finish}
             if self.trace:
                 choice["trace"] = self.trace_of(steps)
             choices.append(choice)
         return {**self.head("chat.completion"), "choices": choices, "usage": self.usage()}
+
+    def message(self, i: int) -> tuple[dict, str | None]:
+        """Completion i as message fields (content, and reasoning_content / tool_calls when present) and
+        its finish_reason (tool_calls when it called one)."""
+        m = self.chat.message(self.gen.texts[i], self.gen.finish_reasons[i])
+        fields = {"content": m["content"]}
+        if m["reasoning_content"] is not None:
+            fields["reasoning_content"] = m["reasoning_content"]
+        if m["tool_calls"]:
+            fields["tool_calls"] = m["tool_calls"]
+        return fields, m["finish_reason"]
 
     def chunk(self, choices: list[dict], usage: dict | None = None, include_usage: bool = False) -> dict:
         body = {**self.head("chat.completion.chunk"), "choices": choices}
@@ -114,9 +129,16 @@ class Meta:
     def step_delta(self, step: Step) -> dict:
         """One token of one choice. Its text may be '' (held back while it could start a stop sequence, or
         an unfinished character); the final EOS step carries only what was held back, if anything."""
-        eos = self.is_eos(step)
-        delta = {} if eos and not step.delta else {"content": step.delta}
-        choice = {"index": step.index, "delta": delta, "logprobs": None, "finish_reason": step.finish_reason}
+        eos, finish = self.is_eos(step), step.finish_reason
+        if self.buffered:
+            delta = {}
+            if finish:
+                delta, finish = self.message(step.index)
+                if "tool_calls" in delta:  # a stream numbers its calls, so deltas of one call can be joined
+                    delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(delta["tool_calls"])]
+        else:
+            delta = {} if eos and not step.delta else {"content": step.delta}
+        choice = {"index": step.index, "delta": delta, "logprobs": None, "finish_reason": finish}
         if self.want_logprobs and not eos:
             choice["logprobs"] = {"content": [self.logprob_entry(step)], "refusal": None}
         if self.trace:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from engine.knobs import KNOBS, MAX_STOP_SEQUENCES, REQUEST_KNOBS, STAGE_ORDER, Knob, ParamError, SamplingParams
+from engine.chat import ChatRequest
 from engine.model import LoadedModel
 
 
@@ -74,7 +75,7 @@ class TextPart(BaseModel):
 
 
 class MediaPart(BaseModel):
-    """An image, audio or file part: valid OpenAI input, refused by name by `to_engine` (text model)."""
+    """An image, audio or file part: valid OpenAI input, refused by the engine by name (text models)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["image_url", "input_audio", "file"]
@@ -132,9 +133,16 @@ class NamedToolChoice(_Wire):
     function: FunctionName
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+class JsonSchemaFormat(_Wire):
+    name: str
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")  # `schema` would shadow a BaseModel method
+    strict: bool | None = None
+
+
+class ResponseFormat(_Wire):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(_Wire):
@@ -157,7 +165,7 @@ class ChatCompletionRequest(SamplingFields, _Wire):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=_doc("tool_choice"))
     reasoning_effort: Literal[REQUEST_KNOBS["reasoning_effort"].choices] | None = Field(None, description=_doc("reasoning_effort"))
     modalities: list[Literal["text", "audio"]] | None = Field(None, description=_doc("modalities"))
-    response_format: ResponseFormat | None = Field(None, description="Only {\"type\": \"text\"} for now.")
+    response_format: ResponseFormat | None = Field(None, description=_doc("response_format"))
     audio: dict | None = Field(None, description="Audio output is not supported: text models only.")
     trace: bool | None = Field(
         None,
@@ -175,47 +183,50 @@ class ChatCompletionRequest(SamplingFields, _Wire):
     safety_identifier: str | None = None
 
 
-def check_unsupported(req: ChatCompletionRequest) -> None:
-    """Refuse, by name, what this playground cannot do yet: tool calls and structured output (issue 5
-    replaces this), and audio."""
-    choice = req.tool_choice
-    if isinstance(choice, NamedToolChoice) or choice == "required":
-        if not req.tools:
-            raise ParamError("tool_choice", "tool_choice names a tool or requires one, but no tools were given")
-    if req.tools and choice != "none":
-        raise ParamError("tools", "tool calling is not supported yet for this model; leave tools out or send tool_choice 'none'")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise ParamError("response_format", f"response_format {req.response_format.type!r} is not supported yet; only 'text' is")
-    if req.modalities is not None and "audio" in req.modalities:
-        raise ParamError("modalities", "audio output is not supported: this is a text model; send modalities [\"text\"]")
-    if req.audio is not None:
-        raise ParamError("audio", "audio output is not supported: this is a text model")
-
-
-def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> tuple[list[int], SamplingParams]:
-    """The one conversion from the wire to the engine: prompt token ids and validated sampling params.
-    Raises ParamError naming the offending field."""
-    check_unsupported(req)
+def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> ChatRequest:
+    """The one conversion from the wire to the engine: validated sampling params, and the conversation,
+    tools, response_format and reasoning_effort as the engine's ChatRequest. Raises ParamError naming
+    the offending field."""
     if req.stream_options is not None and not req.stream:
         raise ParamError("stream_options", "stream_options is only allowed when stream is true")
+    if req.audio is not None:
+        raise ParamError("audio", "audio output is not supported: this playground's models produce text only",
+                         code="unsupported_parameter")
     _check_token_id_keys(req.logit_bias)
-    params = SamplingParams.build(**{name: getattr(req, name) for name in KNOBS})
-    template_kwargs = {}
-    if req.reasoning_effort is not None:
-        template = getattr(lm.tokenizer, "chat_template", None) or ""
-        if "reasoning_effort" not in template:
-            raise ParamError(
-                "reasoning_effort",
-                f"reasoning_effort needs a model that thinks before answering; {lm.name}'s chat template has "
-                "no reasoning setting, so leave reasoning_effort out",
-            )
-        template_kwargs["reasoning_effort"] = req.reasoning_effort
-    messages = [_plain_message(i, m) for i, m in enumerate(req.messages)]
-    try:
-        prompt_ids = lm.encode_chat(messages, **template_kwargs)
-    except Exception as e:  # the chat template may refuse a conversation (e.g. roles out of order)
-        raise ParamError("messages", f"the model's chat template refused these messages: {e}") from e
-    return prompt_ids, params
+    params = _avoid_float32_underflow(SamplingParams.build(**{name: getattr(req, name) for name in KNOBS}))
+    return ChatRequest.build(
+        lm,
+        [m.model_dump(exclude_none=True) for m in req.messages],
+        params,
+        tools=_plain(req.tools),
+        tool_choice=_plain(req.tool_choice),
+        response_format=_plain(req.response_format),
+        reasoning_effort=req.reasoning_effort,
+        modalities=req.modalities,
+    )
+
+
+TINY = 1e-30
+
+
+def _avoid_float32_underflow(params: SamplingParams) -> SamplingParams:
+    """The engine works in float32: a temperature below ~4e-37 makes the logits overflow to inf, and a
+    top_p below ~1e-45 rounds to 0 and keeps no token; either crashes the step record. Any temperature
+    or top_p under 1e-30 already keeps only the top token (its probability is at least 1/vocabulary),
+    so raising them to 1e-30 changes no outcome. (Reported to the engine; remove once it clamps.)"""
+    changes = {}
+    if 0 < params.temperature < TINY:
+        changes["temperature"] = TINY
+    if params.top_p < TINY:
+        changes["top_p"] = TINY
+    return params.with_(**changes) if changes else params
+
+
+def _plain(value: Any) -> Any:
+    """Wire models back to the JSON-shaped values the engine checks (strings and None pass through)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.model_dump(exclude_none=True, by_alias=True) if isinstance(value, BaseModel) else value
 
 
 def _check_token_id_keys(logit_bias: Any) -> None:
@@ -225,19 +236,3 @@ def _check_token_id_keys(logit_bias: Any) -> None:
         for key in logit_bias:
             if isinstance(key, str) and not re.fullmatch(r"\s*[0-9]+\s*", key):
                 raise ParamError("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
-
-
-def _plain_message(i: int, m: Message) -> dict:
-    """A message as the chat template reads it: role and plain-text content (developer reads as system)."""
-    if isinstance(m.content, list):
-        for j, part in enumerate(m.content):
-            if isinstance(part, MediaPart):
-                raise ParamError(f"messages[{i}].content[{j}]", f"content parts of type {part.type!r} are not supported: this model reads text only")
-        content = "\n".join(part.text for part in m.content)  # as vLLM joins text parts
-    elif m.content is None:
-        if not m.tool_calls:
-            raise ParamError(f"messages[{i}].content", "an assistant message needs content or tool_calls")
-        content = ""
-    else:
-        content = m.content
-    return {"role": "system" if m.role == "developer" else m.role, "content": content}
