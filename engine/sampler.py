@@ -79,7 +79,10 @@ def temperature(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
         # Greedy by an explicit argmax, never a division by a tiny number.
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         return torch.full_like(logits, NEG_INF).scatter(1, best, logits.gather(1, best))
-    return logits / t
+    # Below ~1e-37 a float32 division overflows to inf and softmax turns to nan; by 1e-4 every logit gap
+    # that matters (bias included, |gap| <= ~300) is already stretched past float32's softmax range,
+    # so the floor changes no distribution.
+    return logits / max(t, 1e-4)
 
 
 def top_k(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
@@ -114,6 +117,7 @@ def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     # A token survives while the mass above it is still short of p: the top token always does.
     keep_sorted = mass_before < p
+    keep_sorted[:, 0] = True  # even a top_p that underflows to 0 keeps the top token
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, keep_sorted)
     return logits.masked_fill(~keep, NEG_INF)
 

@@ -10,7 +10,6 @@ non-OpenAI knobs (top_k, min_p, repetition_penalty, ...) sit at the top level, w
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
@@ -192,8 +191,7 @@ def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> ChatRequest:
     if req.audio is not None:
         raise ParamError("audio", "audio output is not supported: this playground's models produce text only",
                          code="unsupported_parameter")
-    _check_token_id_keys(req.logit_bias)
-    params = _avoid_float32_underflow(SamplingParams.build(**{name: getattr(req, name) for name in KNOBS}))
+    params = SamplingParams.build(**{name: getattr(req, name) for name in KNOBS})
     return ChatRequest.build(
         lm,
         [m.model_dump(exclude_none=True) for m in req.messages],
@@ -206,33 +204,8 @@ def to_engine(req: ChatCompletionRequest, lm: LoadedModel) -> ChatRequest:
     )
 
 
-TINY = 1e-30
-
-
-def _avoid_float32_underflow(params: SamplingParams) -> SamplingParams:
-    """The engine works in float32: a temperature below ~4e-37 makes the logits overflow to inf, and a
-    top_p below ~1e-45 rounds to 0 and keeps no token; either crashes the step record. Any temperature
-    or top_p under 1e-30 already keeps only the top token (its probability is at least 1/vocabulary),
-    so raising them to 1e-30 changes no outcome. (Reported to the engine; remove once it clamps.)"""
-    changes = {}
-    if 0 < params.temperature < TINY:
-        changes["temperature"] = TINY
-    if params.top_p < TINY:
-        changes["top_p"] = TINY
-    return params.with_(**changes) if changes else params
-
-
 def _plain(value: Any) -> Any:
     """Wire models back to the JSON-shaped values the engine checks (strings and None pass through)."""
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value.model_dump(exclude_none=True, by_alias=True) if isinstance(value, BaseModel) else value
-
-
-def _check_token_id_keys(logit_bias: Any) -> None:
-    # JSON object keys are strings. The engine reads them with str.isdigit() then int(), and isdigit()
-    # also accepts '²', which int() refuses with a bare ValueError: keep keys to ASCII digits here.
-    if isinstance(logit_bias, dict):
-        for key in logit_bias:
-            if isinstance(key, str) and not re.fullmatch(r"\s*[0-9]+\s*", key):
-                raise ParamError("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {key!r}")

@@ -95,6 +95,18 @@ def test_temperature_divides_the_logits():
     assert STAGES["temperature"](x, ctx(x, temperature=0.5))[0].tolist() == [2.0, 4.0, -6.0, 0.0]
 
 
+def test_a_vanishing_temperature_is_greedy_without_overflow():
+    x = L(1.0, 3.0, -2.0, 0.0)
+    out = STAGES["temperature"](x, ctx(x, temperature=1e-40))
+    p = torch.softmax(out, dim=-1)
+    assert torch.isfinite(p).all() and p[0].tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0])
+
+
+def test_top_p_that_underflows_keeps_the_top_token():
+    x = probs(0.1, 0.6, 0.2, 0.1)
+    assert torch.isfinite(STAGES["top_p"](x, ctx(x, top_p=5e-324)))[0].tolist() == [False, True, False, False]
+
+
 def test_temperature_zero_keeps_only_the_argmax():
     x = L(1.0, 3.0, 2.0, 0.0)
     out = STAGES["temperature"](x, ctx(x, temperature=0.0))
