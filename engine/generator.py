@@ -109,6 +109,7 @@ class Generation:
         rng = torch.Generator(device="cpu").manual_seed(self.seed)
         decoders = [IncrementalDecoder(lm.tokenizer) for _ in range(n)]
         matchers = [StopMatcher(params.stop) for _ in range(n)]
+        # seen / counts follow the batch: row b is completion active[b], like the KV cache.
         seen = torch.zeros(n, V, dtype=torch.bool, device=dev)
         prompt = torch.tensor(self.prompt_ids + self.prefix_ids, device=dev)
         seen[:, prompt[prompt < V]] = True
@@ -134,16 +135,16 @@ class Generation:
                 cache.batch_repeat_interleave(n)
 
             for position in range(start, start + self.max_tokens):
-                rows = torch.tensor(active, device=dev)
                 allowed, graded = self._allowed(active, thinks, V) if self.constrained else (None, [False] * n)
-                ctx = SamplerContext(params, seen[rows], counts[rows], self.bias, allowed)
+                ctx = SamplerContext(params, seen, counts, self.bias, allowed)
                 stages = run_pipeline(logits, ctx, self.constrained)
                 u = None if params.greedy else torch.rand(n, generator=rng, dtype=torch.float64)[active]
                 tokens, landing = draw(stages[-1][1], u.float() if u is not None else None)
                 records = record(stages, tokens, landing, params.record_k)
 
-                seen[rows, tokens] = True
-                counts[rows, tokens] += 1
+                batch = torch.arange(len(active), device=dev)
+                seen[batch, tokens] = True
+                counts[batch, tokens] += 1
                 steps, still = [], []
                 last = position == start + self.max_tokens - 1
                 for b, i in enumerate(active):
@@ -182,8 +183,9 @@ class Generation:
                             self.finish_reasons[i] = "cancelled"
                     return
                 if len(still) < len(active):
-                    cache.batch_select_indices(torch.tensor(still, device=dev))
-                    tokens = tokens[still]
+                    keep = torch.tensor(still, device=dev)
+                    cache.batch_select_indices(keep)
+                    tokens, seen, counts = tokens[keep], seen[keep], counts[keep]
                     active = [active[b] for b in still]
                 out = _forward(lm.model, tokens[:, None], cache)
                 cache = _cache_of(out)

@@ -123,6 +123,7 @@ def record(
     snaps: list[_Snap] = []
     which: list[int] = []
     kept, removed = [], []  # per distinct snapshot, (B,) each
+    names: list[str] = []  # the stage that made each distinct snapshot
     support = None
     for i, (name, t) in enumerate(stages):
         if i > 0 and t is stages[i - 1][1]:
@@ -147,13 +148,18 @@ def record(
             n_alive, lost = kept[-1], torch.zeros(B, device=t.device)
             snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
         snaps.append(snap)
+        names.append(name)
         kept.append(n_alive)
         removed.append(lost)
         which.append(len(snaps) - 1)
 
-    tops = [s.top(k, chosen) for s in snaps]
-    raw, final = snaps[0], snaps[-1]
-    top_raw_ids = raw.top(k, chosen)  # raw keeps every token, so these are the true top-k
+    # A positive temperature keeps the order of its input: its top-k is its predecessor's.
+    tops = []
+    for d, s in enumerate(snaps):
+        same_order = d > 0 and names[d] == "temperature" and s.support is snaps[d - 1].support
+        tops.append(tops[-1] if same_order else s.top(k, chosen))
+    raw = snaps[0]
+    top_raw_ids = tops[0]  # raw keeps every token, so these are the true top-k
     cands = torch.cat(tops + [chosen], dim=1)  # (B, D*k + 1)
 
     def logps(ids: torch.Tensor) -> list[torch.Tensor]:
