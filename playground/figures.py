@@ -1,0 +1,279 @@
+"""Figures and plain-language summaries of recorded steps: pure functions, records -> plotly Figure.
+
+No Gradio here (STYLE.md 9), so the tests build every figure from recorded steps. A step is the dict
+described in playground/ui_records.py; `params` is `SamplingParams.to_dict()` of the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from playground.ui_records import STAGE_LABELS, Step, prob, token_label, visible
+
+CHOSEN = "#ea580c"  # orange: the token that was picked
+KEPT = "#2563eb"  # blue: still possible after this stage
+REMOVED = "#cbd5e1"  # grey: a stage set it to zero
+FORCED = "#9333ea"  # purple: a token the user picked when branching
+TRUNCATING = ("top_k", "top_p", "min_p")
+
+
+def _layout(fig: go.Figure, height: int, title: str) -> go.Figure:
+    fig.update_layout(
+        height=height,
+        title={"text": title, "x": 0.01, "font": {"size": 14}},
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        plot_bgcolor="white",
+        showlegend=False,
+        bargap=0.25,
+    )
+    return fig
+
+
+def _unique_labels(ids: list[int], texts: dict[int, str]) -> list[str]:
+    # Two ids can decode to the same text; a categorical axis would merge them.
+    labels, seen = [], set()
+    for i in ids:
+        label = token_label(texts, i)
+        if label in seen:
+            label = f"{label} #{i}"
+        seen.add(label)
+        labels.append(label)
+    return labels
+
+
+def shown_stages(step: Step) -> list[int]:
+    """Indices of the stages worth a chart row: raw, and every stage that changed the distribution."""
+    stages = step["stages"]
+    keep = [0]
+    for s in range(1, len(stages)):
+        if stages[s]["probs"] != stages[s - 1]["probs"] or stages[s]["removed_mass"] > 0:
+            keep.append(s)
+    return keep
+
+
+def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], max_tokens: int = 12) -> go.Figure:
+    """The top candidates' probabilities after each stage, one row per stage that did something.
+
+    The chosen token is orange; a token some stage removed is a grey ghost at the height it had
+    before it was removed; stages that were off (changed nothing) get no row, and the title names them.
+    """
+    # The tokens that mattered at any stage (so removed ones show too), kept in the record's order
+    # (final probability, then raw); the chosen token always, even a low-ranked one forced by a branch.
+    peak = [max(st["probs"][j] for st in step["stages"]) for j in range(len(step["candidates"]))]
+    chosen_col = step["candidates"].index(step["token_id"])
+    top = sorted(range(len(peak)), key=lambda j: (j != chosen_col, -peak[j]))[:max_tokens]
+    cols = sorted(top)
+    ids = [step["candidates"][j] for j in cols]
+    labels = _unique_labels(ids, texts)
+    rows = shown_stages(step)
+    stages = step["stages"]
+    titles = [_row_title(stages[s], params, s == rows[-1]) for s in rows]
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.35 / max(len(rows), 1) / 2 + 0.02,
+                        subplot_titles=titles)
+    chosen_colour = FORCED if step.get("forced") else CHOSEN
+    for r, s in enumerate(rows, start=1):
+        heights, colours, hover = [], [], []
+        for tok, j in zip(ids, cols):
+            p = stages[s]["probs"][j]
+            gone = _removed_at(step, j, s)
+            if gone is not None:
+                # Ghost bar: what the token had before the stage that removed it.
+                heights.append(stages[gone - 1]["probs"][j])
+                colours.append(REMOVED)
+                hover.append(f"removed by {STAGE_LABELS[stages[gone]['name']]}")
+            else:
+                heights.append(p)
+                colours.append(chosen_colour if tok == step["token_id"] else KEPT)
+                hover.append(f"p = {p:.4f}")
+        fig.add_trace(
+            go.Bar(x=labels, y=heights, marker_color=colours, hovertext=hover, hoverinfo="x+text",
+                   name=STAGE_LABELS[stages[s]["name"]]),
+            row=r, col=1,
+        )
+        fig.update_yaxes(rangemode="tozero", tickformat=".2f", nticks=3, row=r, col=1, gridcolor="#eef2f7")
+    chosen = token_label(texts, step["token_id"])
+    off = [STAGE_LABELS[st["name"]] for s, st in enumerate(stages) if s not in rows]
+    title = f"Step {step['position']}: how the sampler picked '{chosen}'"
+    if off:
+        title += f"<br><span style='font-size:11px;color:#64748b'>no change from: {', '.join(off)}</span>"
+    fig.update_xaxes(tickangle=-35, tickfont={"size": 11})
+    fig.update_annotations(font_size=11)
+    fig = _layout(fig, 130 + 125 * len(rows), title)
+    fig.update_layout(margin={"t": 80 if off else 60})
+    return fig
+
+
+def _removed_at(step: Step, j: int, s: int) -> int | None:
+    """The stage index (<= s) that zeroed candidate j, if its probability is 0 after stage s."""
+    stages = step["stages"]
+    if stages[s]["probs"][j] > 0:
+        return None
+    for t in range(1, s + 1):
+        if stages[t]["probs"][j] == 0 and stages[t - 1]["probs"][j] > 0:
+            return t
+    return None
+
+
+def _row_title(stage: dict, params: dict[str, Any], last: bool) -> str:
+    name = stage["name"]
+    if name == "raw":
+        text = "raw (the model's own distribution)"
+    else:
+        text = f"after {STAGE_LABELS[name]}{_setting(name, params)}"
+    if last:
+        text += " = final"
+    return f"{text}: {stage['kept']} tokens possible, entropy {stage['entropy']:.2f} nats"
+
+
+def _setting(name: str, params: dict[str, Any]) -> str:
+    if name == "presence_frequency":
+        return f" ({params['presence_penalty']:g} / {params['frequency_penalty']:g})"
+    if name == "logit_bias":
+        return f" ({len(params['logit_bias'])} tokens)"
+    return f" {params[name]:g}"
+
+
+def stage_sentences(step: Step, texts: dict[int, str], params: dict[str, Any]) -> list[str]:
+    """One plain sentence per stage, then one on the draw: what each stage did at this step."""
+    stages = step["stages"]
+    top = max(range(len(step["candidates"])), key=lambda j: stages[0]["probs"][j])
+    out = [
+        f"The model's raw distribution put {stages[0]['probs'][top]:.2f} on '{token_label(texts, step['candidates'][top])}' "
+        f"(entropy {stages[0]['entropy']:.2f} nats)."
+    ]
+    for prev, cur in zip(stages, stages[1:]):
+        out.append(_sentence(cur["name"], prev, cur, step, texts, params))
+    out.append(_draw_sentence(step, texts))
+    return out
+
+
+def _sentence(name: str, prev: dict, cur: dict, step: Step, texts: dict[int, str], params: dict[str, Any]) -> str:
+    label = STAGE_LABELS[name]
+    if _is_off(name, params):
+        return f"{label} was off."
+    if name in TRUNCATING:
+        setting = {"top_k": "top-k", "top_p": "top-p", "min_p": "min-p"}[name] + f" {params[name]:g}"
+        kept_mass = 1.0 - cur["removed_mass"]
+        rule = ""
+        if name == "min_p":
+            rule = f" (those with p ≥ {params['min_p']:g} × {max(prev['probs']):.2f})"
+        if cur["removed_mass"] == 0:
+            return f"{setting} removed nothing here: {_tokens(cur['kept'])} still possible."
+        return f"{setting} kept {_tokens(cur['kept'])}{rule} holding {kept_mass:.2f} of the mass."
+    if name == "temperature":
+        t = params["temperature"]
+        if t == 0:
+            return f"temperature 0 is greedy: only '{token_label(texts, step['token_id'])}', the top token, remains."
+        verb = "sharpened" if t < 1 else "flattened"
+        return f"temperature {t:g} {verb} the distribution: entropy {prev['entropy']:.2f} → {cur['entropy']:.2f} nats."
+    if name == "logit_bias":
+        parts = []
+        for key, bias in list(params["logit_bias"].items())[:3]:
+            tid = int(key)
+            j = step["candidates"].index(tid) if tid in step["candidates"] else None
+            where = f" (p {prev['probs'][j]:.3f} → {cur['probs'][j]:.3f})" if j is not None else " (still outside the top candidates)"
+            parts.append(f"{bias:+g} to '{token_label(texts, tid)}'{where}")
+        more = f" and {len(params['logit_bias']) - 3} more" if len(params["logit_bias"]) > 3 else ""
+        return f"logit bias added {', '.join(parts)}{more}."
+    # The penalties: name the candidate they pushed down the most.
+    what = {
+        "repetition_penalty": f"repetition penalty {params['repetition_penalty']:g} made tokens already in the prompt or output less likely",
+        "presence_frequency": f"presence {params['presence_penalty']:g} / frequency {params['frequency_penalty']:g} penalties shifted tokens already generated",
+    }[name]
+    drops = [(prev["probs"][j] - cur["probs"][j], j) for j in range(len(step["candidates"]))]
+    drop, j = max(drops)
+    if drop < 0.005:
+        return f"{what}; no top candidate changed by more than 0.005."
+    return f"{what}; the biggest drop: '{token_label(texts, step['candidates'][j])}' {prev['probs'][j]:.3f} → {cur['probs'][j]:.3f}."
+
+
+def _tokens(n: int) -> str:
+    return f"{n} token" if n == 1 else f"{n} tokens"
+
+
+def _is_off(name: str, params: dict[str, Any]) -> bool:
+    return {
+        "logit_bias": not params["logit_bias"],
+        "repetition_penalty": params["repetition_penalty"] == 1.0,
+        "presence_frequency": params["presence_penalty"] == 0.0 and params["frequency_penalty"] == 0.0,
+        "temperature": params["temperature"] == 1.0,
+        "top_k": params["top_k"] == 0,
+        "top_p": params["top_p"] >= 1.0,
+        "min_p": params["min_p"] == 0.0,
+    }[name]
+
+
+def _draw_sentence(step: Step, texts: dict[int, str]) -> str:
+    chosen = token_label(texts, step["token_id"])
+    if step.get("forced"):
+        return f"You picked '{chosen}' here to branch (the raw distribution's #{step['rank']})."
+    if step["draw"] is None:
+        return f"Greedy decoding took the top token '{chosen}' without a random draw."
+    return (
+        f"The random draw landed at {step['draw']:.2f} on the final cumulative distribution, inside the band of "
+        f"'{chosen}' (p = {prob(step['logprob']):.2f}, the raw distribution's #{step['rank']})."
+    )
+
+
+def draw_figure(step: Step, texts: dict[int, str], max_tokens: int = 15) -> go.Figure:
+    """The final distribution as stacked bands of a cumulative bar (most likely first), and the draw.
+
+    Each token's bar spans [mass of the tokens above it, that + its probability]; the draw is a line at
+    the height where the uniform landed, so it crosses the chosen token's band.
+    """
+    final = step["stages"][-1]["probs"]
+    order = sorted((j for j in range(len(final)) if final[j] > 0), key=lambda j: -final[j])[:max_tokens]
+    ids = [step["candidates"][j] for j in order]
+    labels = _unique_labels(ids, texts)
+    base, bases = 0.0, []
+    for j in order:
+        bases.append(base)
+        base += final[j]
+    colours = [CHOSEN if i == step["token_id"] else KEPT for i in ids]
+    if base < 0.999:  # the tail beyond the recorded candidates
+        labels.append("(all others)")
+        bases.append(base)
+        order.append(None)
+        colours.append(REMOVED)
+    heights = [final[j] if j is not None else 1.0 - base for j in order]
+    fig = go.Figure(go.Bar(x=labels, y=heights, base=bases, marker_color=colours,
+                           hovertext=[f"p = {h:.4f}, cumulative {b + h:.3f}" for h, b in zip(heights, bases)],
+                           hoverinfo="x+text"))
+    if step["draw"] is None:
+        title = "Greedy: no random draw (temperature 0 takes the top token)"
+    else:
+        title = f"Where the random draw landed: {step['draw']:.3f} on the final cumulative distribution"
+        fig.add_hline(y=step["draw"], line_dash="dash", line_color="#111827",
+                      annotation_text=f"draw {step['draw']:.3f}", annotation_position="top right")
+    fig.update_yaxes(range=[0, 1.02], title="cumulative probability", gridcolor="#eef2f7")
+    fig.update_xaxes(tickangle=-35, tickfont={"size": 11})
+    return _layout(fig, 320, title)
+
+
+def timeline_figure(steps: list[Step], texts: dict[int, str], selected: int | None = None) -> go.Figure:
+    """Chosen-token probability (raw and final) and raw entropy over the completion; x = step.
+
+    Clicking a point selects that step: the UI reads the point's x (the step's position in the list).
+    """
+    x = list(range(len(steps)))
+    words = [visible(s["shown"]) if "shown" in s else token_label(texts, s["token_id"]) for s in steps]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=x, y=[prob(s["raw_logprob"]) for s in steps], mode="lines+markers", name="raw p(chosen)",
+                             line={"color": KEPT}, marker={"size": 7}, text=words, hovertemplate="%{x}: '%{text}' raw p = %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x, y=[prob(s["logprob"]) for s in steps], mode="lines+markers", name="final p(chosen)",
+                             line={"color": CHOSEN, "dash": "dot"}, marker={"size": 6}, text=words,
+                             hovertemplate="%{x}: '%{text}' final p = %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x, y=[s["stages"][0]["entropy"] for s in steps], mode="lines", name="raw entropy (nats)",
+                             line={"color": "#94a3b8", "width": 1.5}, text=words,
+                             hovertemplate="%{x}: '%{text}' entropy %{y:.2f} nats<extra></extra>"), secondary_y=True)
+    if selected is not None and 0 <= selected < len(steps):
+        fig.add_vline(x=selected, line_color="#111827", line_width=1.5, opacity=0.6)
+    fig.update_yaxes(range=[0, 1.05], title="probability", secondary_y=False, gridcolor="#eef2f7")
+    fig.update_yaxes(title="entropy (nats)", secondary_y=True, rangemode="tozero", showgrid=False)
+    fig.update_xaxes(title="step (click a point to inspect it)")
+    fig = _layout(fig, 280, "Timeline: how sure the model was of each chosen token")
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"}, hovermode="closest")
+    return fig

@@ -1,0 +1,161 @@
+"""The token view: a completion rendered token by token, coloured by probability or entropy.
+
+A pure function of recorded steps (see playground/ui_records.py) to HTML. Each token is a span with
+`data-step` (its index in the completion) so the page's script can turn a click into "select this step";
+hovering shows the top alternatives through a CSS tooltip built from `data-tip`.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from playground.ui_records import STAGE_LABELS, Step, alternatives, prob, visible
+
+MODES = ("raw probability", "final probability", "entropy")
+ENTROPY_FULL = 6.0  # nats at which the entropy colour saturates (ln 400: hundreds of plausible tokens)
+TIP_ALTERNATIVES = 6
+
+CSS = """
+.tv { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 15px; line-height: 2.0;
+      white-space: pre-wrap; word-break: break-word; padding: 10px 12px; border: 1px solid #e2e8f0;
+      border-radius: 8px; background: #fff; color: #0f172a; min-height: 48px; overflow: visible; }
+.tv .tok { position: relative; cursor: pointer; border-radius: 3px; padding: 1px 0; margin: 0 0.5px;
+           box-shadow: inset 0 -1px 0 rgba(0,0,0,.08); }
+.tv .tok:hover { outline: 2px solid #0f172a; z-index: 5; }
+.tv .tok.sel { outline: 2.5px solid #0f172a; outline-offset: 1px; }
+.tv .tok.forced { box-shadow: inset 0 -3px 0 #9333ea; }
+.tv .tok.diverge { box-shadow: inset 0 -3px 0 #dc2626; }
+.tv .tok.ws { color: #64748b; }
+.tv .tok:hover::after { content: attr(data-tip); position: absolute; left: 0; top: 1.9em; z-index: 50;
+           white-space: pre; background: #0f172a; color: #f8fafc; font-size: 12px; line-height: 1.45;
+           padding: 6px 8px; border-radius: 6px; pointer-events: none; box-shadow: 0 4px 14px rgba(0,0,0,.25); }
+.tv-legend { display: flex; align-items: center; gap: 8px; font-size: 12px; color: #475569; margin: 2px 0 6px; }
+.tv-legend .bar { width: 160px; height: 10px; border-radius: 5px;
+                  background: linear-gradient(90deg, hsl(0,75%,82%), hsl(60,75%,82%), hsl(120,75%,82%)); }
+.tv-legend .bar.rev { background: linear-gradient(90deg, hsl(120,75%,82%), hsl(60,75%,82%), hsl(0,75%,82%)); }
+.tv-empty { color: #64748b; font-style: italic; }
+.comps { display: flex; gap: 12px; flex-wrap: wrap; }
+.comps .comp { flex: 1 1 260px; min-width: 0; border: 1px solid #e2e8f0; border-radius: 8px; padding: 8px 10px; background: #fff; }
+.comp-head { font-size: 12px; font-weight: 600; color: #475569; margin-bottom: 4px; }
+.comp-text { white-space: pre-wrap; word-break: break-word; font-size: 14px; color: #0f172a; }
+.comps .comp .tv { border: none; padding: 2px 0; }
+.note { font-size: 14px; color: #0f172a; background: #fff7ed; border-left: 3px solid #ea580c; padding: 6px 10px; border-radius: 4px; }
+table.alts { border-collapse: collapse; font-size: 13px; width: 100%; }
+table.alts th, table.alts td { text-align: left; padding: 2px 8px; border-bottom: 1px solid #eef2f7; }
+table.alts tr.chosen td { background: #ffedd5; }
+"""
+
+
+def colour(step: Step, mode: str) -> str:
+    """Background for a token: red (unlikely / uncertain) through yellow to green (likely / certain)."""
+    if mode == "entropy":
+        u = min(step["stages"][0]["entropy"] / ENTROPY_FULL, 1.0)
+        hue = 120 * (1 - u)
+    elif mode == "final probability":
+        hue = 120 * prob(step["logprob"])
+    else:
+        hue = 120 * prob(step["raw_logprob"])
+    return f"hsl({hue:.0f},75%,82%)"
+
+
+def tooltip(step: Step, texts: dict[int, str]) -> str:
+    """The hover text: this token's numbers, then the raw top alternatives and what became of them."""
+    lines = [
+        f"'{visible(step['shown'])}'  raw p {prob(step['raw_logprob']):.3f} · final p {prob(step['logprob']):.3f}"
+        f" · rank {step['rank']} · entropy {step['stages'][0]['entropy']:.2f}",
+        "alternatives (raw → final):",
+    ]
+    for alt in alternatives(step, texts, TIP_ALTERNATIVES):
+        fate = f" ({STAGE_LABELS[alt['removed_by']]})" if alt["removed_by"] else ""
+        mark = "▶ " if alt["chosen"] else "  "
+        lines.append(f"{mark}{visible(alt['text']):<14} {alt['raw']:.3f} → {alt['final']:.3f}{fate}")
+    if step.get("forced"):
+        lines.append("(picked by you to branch)")
+    if step.get("finish_reason"):
+        lines.append(f"finish: {step['finish_reason']}")
+    return "\n".join(lines)
+
+
+def _legend(mode: str) -> str:
+    if mode == "entropy":
+        return (f"<div class='tv-legend'>colour = entropy of the raw distribution: 0 nats"
+                f"<span class='bar rev'></span>{ENTROPY_FULL:g}+ nats · hover a token for alternatives, click to inspect</div>")
+    which = "final distribution (after every stage)" if mode == "final probability" else "model's raw distribution"
+    return (f"<div class='tv-legend'>colour = probability of the chosen token under the {which}: 0"
+            f"<span class='bar'></span>1 · hover a token for alternatives, click to inspect</div>")
+
+
+def alternatives_html(step: Step, texts: dict[int, str], limit: int = 10) -> str:
+    """A table of the raw distribution's top tokens at this step and what the sampler did to each."""
+    rows = []
+    for alt in alternatives(step, texts, limit):
+        if alt["chosen"]:
+            fate = "<b>chosen</b>"
+        elif alt["removed_by"]:
+            fate = f"removed by {STAGE_LABELS[alt['removed_by']]}"
+        else:
+            fate = "possible"
+        rows.append(
+            f"<tr class='{'chosen' if alt['chosen'] else ''}'><td><code>{escape(visible(alt['text']))}</code></td>"
+            f"<td>{alt['id']}</td><td>{alt['raw']:.3f}</td><td>{alt['final']:.3f}</td><td>{fate}</td></tr>"
+        )
+    return (
+        "<table class='alts'><thead><tr><th>alternative</th><th>id</th><th>raw p</th><th>final p</th>"
+        "<th>what happened</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def completions_html(completions: list[dict], running: bool = False) -> str:
+    """The n completions side by side, each with its finish reason and token count."""
+    if not completions:
+        return ""
+    cols = []
+    for i, c in enumerate(completions, start=1):
+        reason = c["finish_reason"] or ("generating…" if running else "unfinished")
+        cols.append(
+            f"<div class='comp'><div class='comp-head'>Completion {i} · {escape(reason)} · "
+            f"{len(c['steps'])} tokens</div><div class='comp-text'>{escape(c['text'])}</div></div>"
+        )
+    return "<div class='comps'>" + "".join(cols) + "</div>"
+
+
+def side_by_side(columns: list[tuple[str, str]], note: str = "") -> str:
+    """Columns of (title, inner HTML) with an optional note above, for Branch and Compare."""
+    cols = "".join(f"<div class='comp'><div class='comp-head'>{escape(t)}</div>{body}</div>" for t, body in columns)
+    top = f"<p class='note'>{escape(note)}</p>" if note else ""
+    return top + "<div class='comps'>" + cols + "</div>"
+
+
+def token_view_html(
+    steps: list[Step],
+    texts: dict[int, str],
+    mode: str = "raw probability",
+    selected: int | None = None,
+    mark: int | None = None,
+    legend: bool = True,
+) -> str:
+    """HTML for one completion. `selected`: the inspected step (outlined); `mark`: a step to flag in
+    red (where two runs diverge); `legend`: the colour key above (off in narrow side-by-side columns)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not steps:
+        return "<div class='tv'><span class='tv-empty'>Generate to see the completion token by token.</span></div>"
+    spans = []
+    for i, step in enumerate(steps):
+        shown = step["shown"]
+        classes = ["tok"]
+        if not shown.strip():
+            classes.append("ws")
+            # Whitespace-only tokens get a visible glyph, or nobody could hover or click them.
+            shown = visible(shown) + ("\n" if "\n" in shown else "")
+        if i == selected:
+            classes.append("sel")
+        if step.get("forced"):
+            classes.append("forced")
+        if i == mark:
+            classes.append("diverge")
+        spans.append(
+            f"<span class='{' '.join(classes)}' data-step='{i}' style='background:{colour(step, mode)}' "
+            f"data-tip='{escape(tooltip(step, texts))}'>{escape(shown)}</span>"
+        )
+    return (_legend(mode) if legend else "") + "<div class='tv'>" + "".join(spans) + "</div>"

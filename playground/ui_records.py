@@ -1,0 +1,126 @@
+"""Pure helpers over recorded steps, shared by the figures, the token view and the UI.
+
+A step here is the JSON-safe dict of `Step.to_dict(stages)` plus "shown" (the text to display for the
+token, never empty). Token texts come in a separate map {token id: text} so a step stays small.
+Probabilities in a step dict: `stages[s]["probs"][j]` is candidate `candidates[j]` after stage s.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Step = dict[str, Any]
+
+# Short names for chart rows and sentences, in pipeline vocabulary.
+STAGE_LABELS = {
+    "raw": "raw",
+    "logit_bias": "logit bias",
+    "repetition_penalty": "repetition penalty",
+    "presence_frequency": "presence/frequency",
+    "temperature": "temperature",
+    "top_k": "top-k",
+    "top_p": "top-p",
+    "min_p": "min-p",
+}
+
+
+def prob(logprob: float | None) -> float:
+    """A logprob from a step dict as a probability; None stands for a removed token (-inf)."""
+    return 0.0 if logprob is None else math.exp(logprob)
+
+
+def visible(text: str) -> str:
+    """Token text with its whitespace made visible, for chart labels and lists."""
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def token_label(texts: dict[int, str], token_id: int) -> str:
+    return visible(texts.get(token_id, f"#{token_id}"))
+
+
+def candidate_probs(step: Step, token_id: int) -> list[float] | None:
+    """The token's probability after each stage, or None if it is not among the step's candidates."""
+    try:
+        j = step["candidates"].index(token_id)
+    except ValueError:
+        return None
+    return [st["probs"][j] for st in step["stages"]]
+
+
+def removed_by(step: Step, token_id: int) -> str | None:
+    """The first stage that set the token's probability to zero; None if it survived (or is unknown)."""
+    probs = candidate_probs(step, token_id)
+    if probs is None:
+        return None
+    for s in range(1, len(probs)):
+        if probs[s] == 0.0 and probs[s - 1] > 0.0:
+            return step["stages"][s]["name"]
+    return None
+
+
+def alternatives(step: Step, texts: dict[int, str], limit: int = 20) -> list[dict[str, Any]]:
+    """The raw distribution's top tokens at this step, most likely first, with their fate."""
+    out = []
+    for t in step["top"][:limit]:
+        out.append(
+            {
+                "id": t["id"],
+                "text": texts.get(t["id"], f"#{t['id']}"),
+                "raw": prob(t["raw_logprob"]),
+                "final": prob(t["logprob"]),
+                "removed_by": removed_by(step, t["id"]),
+                "chosen": t["id"] == step["token_id"],
+            }
+        )
+    return out
+
+
+def first_divergence(a: list[Step], b: list[Step]) -> int | None:
+    """The first position where two completions chose different tokens (or one ended); None if equal."""
+    for i, (sa, sb) in enumerate(zip(a, b)):
+        if sa["token_id"] != sb["token_id"]:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def why_not(step: Step, token_id: int, texts: dict[int, str]) -> str:
+    """Why this step did not pick `token_id`: which stage removed it, or that the draw went elsewhere."""
+    name = token_label(texts, token_id)
+    probs = candidate_probs(step, token_id)
+    if probs is None:
+        return f"'{name}' was not among its top candidates at all"
+    stage = removed_by(step, token_id)
+    if stage is not None:
+        s = [st["name"] for st in step["stages"]].index(stage)
+        return f"{STAGE_LABELS[stage]} removed '{name}' (it had p = {probs[s - 1]:.3f} just before)"
+    if step.get("forced"):
+        return f"'{name}' was still possible (p = {probs[-1]:.3f}), but you picked another token here to branch"
+    if step["draw"] is None:
+        return f"'{name}' was still possible (p = {probs[-1]:.3f}) but greedy decoding takes only the top token"
+    return (
+        f"'{name}' was still possible (p = {probs[-1]:.3f}); the random draw landed at "
+        f"{step['draw']:.3f} on the cumulative distribution, which picked another token"
+    )
+
+
+def explain_divergence(a: list[Step], b: list[Step], texts: dict[int, str], names: tuple[str, str] = ("A", "B")) -> str:
+    """Plain sentences on where two completions of the same prompt part and why."""
+    pos = first_divergence(a, b)
+    if pos is None:
+        return f"{names[0]} and {names[1]} produced exactly the same {len(a)} tokens."
+    agree = "The texts part at the first token" if pos == 0 else f"The texts agree for {pos} token{'s' * (pos != 1)} and part at token {pos}"
+    if pos >= len(a) or pos >= len(b):
+        shorter = names[0] if pos >= len(a) else names[1]
+        return f"{agree}: {shorter} ended while the other went on."
+    sa, sb = a[pos], b[pos]
+    ta, tb = token_label(texts, sa["token_id"]), token_label(texts, sb["token_id"])
+    text = (
+        f"{agree}: {names[0]} chose '{ta}', {names[1]} chose '{tb}'. In {names[0]}, {why_not(sa, sb['token_id'], texts)}. "
+        f"In {names[1]}, {why_not(sb, sa['token_id'], texts)}."
+    )
+    both_possible = removed_by(sa, sb["token_id"]) is None and removed_by(sb, sa["token_id"]) is None
+    if both_possible and sa["draw"] is not None and sb["draw"] is not None:
+        text += (" With the same seed both runs drew the same random number; the settings reshaped the "
+                 "distribution, so it fell on different tokens.")
+    return text

@@ -1,0 +1,150 @@
+"""Runs as the UI keeps them: generations recorded into small, deep-copyable dicts (no tensors).
+
+A run is {"label", "model", "messages", "prompt_ids", "params" (SamplingParams.to_dict() with the seed
+actually used), "stages", "completions": [{"steps", "text", "finish_reason"}], "texts" {id: token text},
+"branch_of"}. Steps are `Step.to_dict(stages)` plus "shown" (display text). This module drives the
+engine's Generation; it imports no Gradio, so it is tested with the real model directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterator
+
+from engine.generator import Generation
+from engine.knobs import SamplingParams
+from engine.model import LoadedModel
+from engine.trace import Step
+
+Run = dict[str, Any]
+
+
+def start(
+    lm: LoadedModel,
+    messages: list[dict],
+    params: SamplingParams,
+    label: str,
+    template_kwargs: dict[str, Any] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    prompt_ids: list[int] | None = None,
+) -> tuple[Generation, Run]:
+    """A Generation for the conversation and its empty run. Raises ParamError before anything runs.
+
+    prompt_ids: the already templated prompt (Compare reuses a run's exact prompt); else `messages`
+    go through the model's chat template with `template_kwargs` (tools, reasoning_effort)."""
+    if prompt_ids is None:
+        prompt_ids = lm.encode_chat(messages, **(template_kwargs or {}))
+    gen = Generation(lm, prompt_ids, params, cancel=cancel)
+    return gen, _new_run(lm, gen, label, messages, params)
+
+
+def _new_run(lm: LoadedModel, gen: Generation, label: str, messages: list[dict], params: SamplingParams) -> Run:
+    texts = {int(k): lm.token_text(int(k)) for k, _ in params.logit_bias}
+    return {
+        "label": label,
+        "model": lm.name,
+        "messages": messages,
+        "prompt_ids": list(gen.prompt_ids),
+        "params": {**params.to_dict(), "seed": gen.seed},
+        "stages": list(gen.stages),
+        "completions": [{"steps": [], "text": "", "finish_reason": None} for _ in range(params.n)],
+        "texts": texts,
+        "branch_of": None,
+    }
+
+
+def step_dict(lm: LoadedModel, step: Step, stages: tuple[str, ...], texts: dict[int, str]) -> dict[str, Any]:
+    """The step as UI state; records the text of every token it mentions into `texts`."""
+    d = step.to_dict(stages)
+    for i in [step.token_id, *d["candidates"], *(t["id"] for t in d["top"])]:
+        if i not in texts:
+            texts[i] = lm.token_text(i)
+    d["shown"] = step.text or texts[step.token_id]
+    return d
+
+
+def advance(lm: LoadedModel, gen: Generation, run: Run, every_s: float = 0.1, prefix_text: str = "") -> Iterator[Run]:
+    """Generate, recording each step into `run`; yields the run at most every `every_s` seconds
+    (so the page stays smooth) and always once at the end, when finish reasons are final."""
+    stages = tuple(run["stages"])
+    last = 0.0
+    for steps in gen:
+        for step in steps:
+            run["completions"][step.index]["steps"].append(step_dict(lm, step, stages, run["texts"]))
+        _sync(gen, run, prefix_text)
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            yield run
+    _sync(gen, run, prefix_text)  # a cancel sets the finish reasons after the last step
+    yield run
+
+
+def _sync(gen: Generation, run: Run, prefix_text: str) -> None:
+    for c, text, reason in zip(run["completions"], gen.texts, gen.finish_reasons):
+        c["text"], c["finish_reason"] = prefix_text + text, reason
+
+
+def branch(
+    lm: LoadedModel,
+    run: Run,
+    completion: int,
+    position: int,
+    alt_id: int,
+    label: str,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[Generation | None, Run, str]:
+    """Continue completion `completion` of `run` from step `position` with token `alt_id` instead.
+
+    Returns (Generation or None when alt_id ends the text, the branch run already holding the earlier
+    steps and the forced one, the text before the new tokens). Same settings and seed as the original;
+    max_tokens counts the whole completion, so the branch is no longer than the original could be.
+    """
+    src = run["completions"][completion]["steps"]
+    if not 0 <= position < len(src):
+        raise IndexError(f"step must be in [0, {len(src) - 1}], got {position}")
+    prefix = [s["token_id"] for s in src[:position]] + [alt_id]
+    params = SamplingParams.build(**{**run["params"], "n": 1})
+    if params.max_tokens is not None:
+        params = params.with_(max_tokens=max(1, params.max_tokens - len(prefix)))
+    texts = dict(run["texts"])
+    texts.setdefault(alt_id, lm.token_text(alt_id))
+    forced = _forced_step(src[position], alt_id, texts[alt_id])
+    steps = [dict(s) for s in src[:position]] + [forced]
+    prefix_text = lm.tokenizer.decode(prefix, skip_special_tokens=True)
+    out: Run = {
+        **run,
+        "label": label,
+        "params": params.to_dict(),
+        "completions": [{"steps": steps, "text": prefix_text, "finish_reason": None}],
+        "texts": texts,
+        "branch_of": {"label": run["label"], "completion": completion, "position": position},
+    }
+    if alt_id in lm.eos_ids:
+        forced["finish_reason"] = out["completions"][0]["finish_reason"] = "stop"
+        return None, out, prefix_text
+    # advance() appends the new steps after the copied ones; their positions already count the prefix.
+    gen = Generation(lm, run["prompt_ids"], params, cancel=cancel, prefix_ids=prefix)
+    return gen, out, prefix_text
+
+
+def _forced_step(original: dict[str, Any], alt_id: int, text: str) -> dict[str, Any]:
+    """The original step's record (same distribution) with the user's token as the chosen one."""
+    step = dict(original)
+    j = step["candidates"].index(alt_id) if alt_id in step["candidates"] else None
+    raw = step["stages"][0]["probs"][j] if j is not None else 0.0
+    final = step["stages"][-1]["probs"][j] if j is not None else 0.0
+    rank = next((r for r, t in enumerate(step["top"], start=1) if t["id"] == alt_id), len(step["top"]) + 1)
+    step.update(
+        token_id=alt_id,
+        text=text,
+        shown=text,
+        raw_logprob=math.log(raw) if raw > 0 else None,
+        logprob=math.log(final) if final > 0 else None,
+        rank=rank,
+        draw=None,
+        finish_reason=None,
+        forced=True,
+    )
+    return step
