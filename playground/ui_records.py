@@ -108,7 +108,7 @@ def explain_divergence(a: list[Step], b: list[Step], texts: dict[int, str], name
     """Plain sentences on where two completions of the same prompt part and why."""
     pos = first_divergence(a, b)
     if pos is None:
-        return f"{names[0]} and {names[1]} produced exactly the same {len(a)} tokens."
+        return f"{names[0]} and {names[1]} produced exactly the same {len(a)} token{'s' * (len(a) != 1)}."
     agree = "The texts part at the first token" if pos == 0 else f"The texts agree for {pos} token{'s' * (pos != 1)} and part at token {pos}"
     if pos >= len(a) or pos >= len(b):
         shorter = names[0] if pos >= len(a) else names[1]

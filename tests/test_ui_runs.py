@@ -1,0 +1,97 @@
+"""Runs as the UI keeps them, driven through the real embedded model."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from engine.knobs import ParamError, SamplingParams
+from playground import ui_runs
+
+pytestmark = pytest.mark.model
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+def finished(lm, params, cancel=None):
+    gen, run = ui_runs.start(lm, MESSAGES, params, "test", cancel=cancel)
+    for run in ui_runs.advance(lm, gen, run, every_s=0.0):
+        pass
+    return gen, run
+
+
+def test_a_run_records_every_step_of_every_completion_as_plain_data(lm):
+    gen, run = finished(lm, SamplingParams.build(n=2, max_tokens=5, seed=3, temperature=0.8))
+    assert [len(c["steps"]) for c in run["completions"]] == [len(c) for c in gen.completions]
+    assert [c["text"] for c in run["completions"]] == gen.texts
+    assert [c["finish_reason"] for c in run["completions"]] == gen.finish_reasons
+    assert run["params"]["seed"] == 3 and run["stages"] == list(gen.stages)
+    # Small and copyable: JSON round-trips it (no tensors, no numpy), deepcopy works as gr.State needs.
+    assert json.loads(json.dumps(run))["completions"][0]["steps"][0]["token_id"] == run["completions"][0]["steps"][0]["token_id"]
+    copy.deepcopy(run)
+
+
+def test_every_token_a_step_mentions_has_its_text(lm):
+    _, run = finished(lm, SamplingParams.build(max_tokens=3, seed=1))
+    for step in run["completions"][0]["steps"]:
+        for i in [step["token_id"], *step["candidates"], *(t["id"] for t in step["top"])]:
+            assert run["texts"][i] == lm.token_text(i)
+        assert step["shown"]
+
+
+def test_a_random_seed_is_recorded_so_the_run_can_be_repeated(lm):
+    _, first = finished(lm, SamplingParams.build(max_tokens=4))
+    _, again = finished(lm, SamplingParams.build(max_tokens=4, seed=first["params"]["seed"]))
+    assert again["completions"][0]["text"] == first["completions"][0]["text"]
+
+
+def test_stop_ends_the_run_within_one_step(lm):
+    _, run = finished(lm, SamplingParams.build(max_tokens=50, seed=1), cancel=lambda: True)
+    assert len(run["completions"][0]["steps"]) == 1
+    assert run["completions"][0]["finish_reason"] == "cancelled"
+
+
+def test_bad_settings_for_this_model_are_refused_before_generating(lm):
+    with pytest.raises(ParamError, match="outside the vocabulary"):
+        ui_runs.start(lm, MESSAGES, SamplingParams.build(logit_bias={10**7: 1}), "test")
+
+
+def test_a_branch_keeps_the_earlier_tokens_takes_the_alternative_and_continues(lm):
+    _, run = finished(lm, SamplingParams.build(max_tokens=8, seed=2, temperature=0.0))
+    original = copy.deepcopy(run)
+    src = run["completions"][0]["steps"]
+    alt = next(t["id"] for t in src[2]["top"] if t["id"] != src[2]["token_id"] and t["id"] not in lm.eos_ids)
+    gen, branch, prefix_text = ui_runs.branch(lm, run, 0, 2, alt, "branch")
+    for branch in ui_runs.advance(lm, gen, branch, every_s=0.0, prefix_text=prefix_text):
+        pass
+    steps = branch["completions"][0]["steps"]
+    assert [s["token_id"] for s in steps[:2]] == [s["token_id"] for s in src[:2]]
+    assert steps[2]["token_id"] == alt and steps[2]["forced"]
+    assert len(steps) > 3 and [s["position"] for s in steps] == list(range(len(steps)))
+    assert len(steps) <= 8  # max_tokens counts the whole completion
+    # The text is the original's first tokens, the alternative, then what the model continued with.
+    expected = lm.tokenizer.decode([s["token_id"] for s in steps], skip_special_tokens=True)
+    assert branch["completions"][0]["text"] == expected
+    assert branch["branch_of"] == {"label": "test", "completion": 0, "position": 2}
+    assert run == original  # the original stays as it was, to compare
+
+
+def test_branching_to_the_end_token_ends_the_completion_there(lm):
+    _, run = finished(lm, SamplingParams.build(max_tokens=4, seed=2))
+    eos = next(iter(lm.eos_ids))
+    gen, branch, _ = ui_runs.branch(lm, run, 0, 1, eos, "branch")
+    assert gen is None
+    assert branch["completions"][0]["finish_reason"] == "stop" and len(branch["completions"][0]["steps"]) == 2
+
+
+def test_branching_past_the_end_is_refused(lm):
+    _, run = finished(lm, SamplingParams.build(max_tokens=2, seed=2))
+    with pytest.raises(IndexError, match=r"step must be in \[0, 1\], got 5"):
+        ui_runs.branch(lm, run, 0, 5, 42, "branch")
+
+
+def test_compare_style_runs_reuse_the_exact_prompt(lm):
+    gen_a, a = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=2), "A")
+    gen_b, b = ui_runs.start(lm, [], SamplingParams.build(max_tokens=2), "B", prompt_ids=a["prompt_ids"])
+    assert b["prompt_ids"] == a["prompt_ids"] == lm.encode_chat(MESSAGES)
