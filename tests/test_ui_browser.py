@@ -1,0 +1,121 @@
+"""The playground in a real browser (Debian chromium driven by playwright) against the real app.
+
+One page goes through what a person does: type a prompt, move a slider, generate, click a token, and
+read the inspector. Screenshots land in test-artifacts/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+GENERATION_TIMEOUT_MS = 120_000  # a busy 2-core CI machine can be slow; a healthy run takes seconds
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh --test installs Debian's chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url)
+        page.wait_for_selector("#generate")
+        yield page
+        browser.close()
+        assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=text]").first
+    box.fill(text)
+    box.blur()
+
+
+def test_generate_click_a_token_and_inspect_it(page):
+    fill(page, "message", "Name a fruit.")
+    fill(page, "knob-max_tokens", "10")
+    fill(page, "knob-seed", "11")
+    # Move the temperature slider one step left with the keyboard: 1.0 -> 0.95.
+    page.locator("#knob-temperature input[type=range]").focus()
+    page.keyboard.press("ArrowLeft")
+    page.click("#generate")
+    page.wait_for_selector("#completions .comp-head:has-text('tokens')", timeout=GENERATION_TIMEOUT_MS)
+    page.wait_for_selector("#inspector .js-plotly-plot", timeout=GENERATION_TIMEOUT_MS)
+    assert page.locator("#completions .comp-head").inner_text().startswith("Completion 1 · length · 10 tokens")
+
+    tokens = page.locator("#tokenview [data-step]")
+    assert tokens.count() == 10
+    # The app preselects the most uncertain step; click another one so the click itself must work.
+    preselected = int(page.locator("#tokenview .sel").get_attribute("data-step"))
+    target = 3 if preselected == 2 else 2
+    tokens.nth(target).click()
+    page.wait_for_selector(f"#sentences :text('Step {target}')", timeout=30_000)
+    page.wait_for_selector(f"#tokenview [data-step='{target}'].sel")
+
+    sentences = page.inner_text("#sentences")
+    assert "temperature 0.95 sharpened the distribution" in sentences  # the slider's value reached the sampler
+    assert "The random draw landed at" in sentences
+    # The inspector chart: a bar row for raw and one for temperature, drawn by plotly.
+    assert page.locator("#inspector .js-plotly-plot .barlayer .trace").count() == 2
+    assert page.locator("#draw .js-plotly-plot").count() == 1
+    # The alternatives: a table row per top token, and the same tokens offered for branching.
+    rows = page.locator("#alternatives table.alts tbody tr")
+    assert rows.count() == 10
+    fates = rows.locator("td:last-child").all_inner_texts()
+    assert all(f in ("chosen", "possible") or f.startswith("removed by") for f in fates), fates
+    page.screenshot(path=str(ARTIFACTS / "ui-inspector.png"), full_page=True)
+
+
+def test_hovering_a_token_shows_its_alternatives(page):
+    page.locator("#tokenview [data-step='1']").hover()
+    tip = page.locator("#tokenview [data-step='1']").get_attribute("data-tip")
+    assert "alternatives (raw → final):" in tip
+    after = page.evaluate("getComputedStyle(document.querySelector(\"#tokenview [data-step='1']\"), '::after').content")
+    assert "alternatives" in after
+
+
+def test_clicking_the_timeline_selects_that_step(page):
+    assert page.locator("#step input[type=number]").input_value() != "4"
+    page.locator("#timeline .js-plotly-plot .scatterlayer .trace").first.locator(".point").nth(4).click(force=True)
+    page.wait_for_selector("#sentences :text('Step 4')", timeout=30_000)
+    assert page.locator("#step input[type=number]").input_value() == "4"
+
+
+def test_an_invalid_setting_shows_a_message_next_to_its_group(page):
+    fill(page, "knob-seed", "abc")
+    error = page.locator("#error-output")
+    error.locator(":text('seed must be an integer')").wait_for(timeout=15_000)
+    assert "seed must be an integer in [0, 9223372036854775807], got 'abc'" in error.inner_text()
+    fill(page, "knob-seed", "11")
+    page.wait_for_function("!document.querySelector('#error-output').innerText.includes('seed')", timeout=15_000)
+
+
+def test_branching_continues_from_an_alternative_next_to_the_original(page):
+    page.click("#branch")
+    view = page.locator("#branch-view")
+    view.locator(".comp-head:has-text('Branch 1')").wait_for(timeout=GENERATION_TIMEOUT_MS)
+    assert view.locator(".comp").count() == 2
+    assert view.locator(".tok.forced").count() == 1
+    page.wait_for_function("document.querySelector('#branch-view .comp:nth-child(2) .tv').innerText.length > 0")
+    page.screenshot(path=str(ARTIFACTS / "ui-branch.png"), full_page=True)
+
+
+def test_stop_cancels_a_long_generation(page):
+    fill(page, "knob-max_tokens", "2000")
+    fill(page, "message", "Tell me a long story.")
+    page.click("#generate")
+    page.wait_for_selector("#completions .comp-head:has-text('generating')", timeout=GENERATION_TIMEOUT_MS)
+    page.click("#stop")
+    page.wait_for_selector("#completions .comp-head:has-text('cancelled')", timeout=30_000)
+    fill(page, "knob-max_tokens", "10")
