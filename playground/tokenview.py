@@ -40,8 +40,8 @@ CSS = """
 .comp-text { white-space: pre-wrap; word-break: break-word; font-size: 14px; color: #0f172a; }
 .comps .comp .tv { border: none; padding: 2px 0; }
 .note { font-size: 14px; color: #0f172a; background: #fff7ed; border-left: 3px solid #ea580c; padding: 6px 10px; border-radius: 4px; }
-table.alts { border-collapse: collapse; font-size: 13px; width: 100%; }
-table.alts th, table.alts td { text-align: left; padding: 2px 8px; border-bottom: 1px solid #eef2f7; }
+table.alts { border-collapse: collapse; font-size: 12px; width: 100%; }
+table.alts th, table.alts td { text-align: left; padding: 2px 5px; border-bottom: 1px solid #eef2f7; }
 table.alts tr.chosen td { background: #ffedd5; }
 """
 
@@ -100,8 +100,8 @@ def alternatives_html(step: Step, texts: dict[int, str], limit: int = 10) -> str
             f"<td>{alt['id']}</td><td>{alt['raw']:.3f}</td><td>{alt['final']:.3f}</td><td>{fate}</td></tr>"
         )
     return (
-        "<table class='alts'><thead><tr><th>alternative</th><th>id</th><th>raw p</th><th>final p</th>"
-        "<th>what happened</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<table class='alts'><thead><tr><th>alternative</th><th>id</th><th>raw</th><th>final</th>"
+        "<th>fate</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 

@@ -489,7 +489,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 return gr.skip(), f"⚠️ Could not load `{name}`: {type(e).__name__}: {e}"
             return gr.update(choices=host.names(), value=lm.name), model_info(lm)
 
-        load_btn.click(load, load_box, [model_dd, model_md], **model_events)
+        # Its own queue slot: a Hub load can take minutes (or retry for a while offline) without holding up generation.
+        load_btn.click(load, load_box, [model_dd, model_md], concurrency_limit=1, concurrency_id="load")
         model_dd.change(lambda name: model_info(host.get(name)), model_dd, model_md)
 
     demo.queue(default_concurrency_limit=8, max_size=64)

@@ -1,0 +1,72 @@
+"""Take the README's screenshots from the real running app: python scripts/screenshots.py
+
+Starts the app on a free loopback port, drives Debian's chromium through a typical session (settings,
+generate, inspect a step, branch, compare) and writes PNGs into assets/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from tests.serving import start_server  # noqa: E402
+from tests.test_ui_browser import ARGS, CHROMIUM  # noqa: E402
+
+ASSETS = ROOT / "assets"
+SETTINGS = {"temperature": "0.8", "top_k": "40", "top_p": "0.9", "min_p": "0.05", "max_tokens": "40", "seed": "4"}
+
+
+def set_knob(page, name: str, value: str) -> None:
+    box = page.locator(f"#knob-{name} input[type=number], #knob-{name} textarea, #knob-{name} input[type=text]").first
+    box.fill(value)
+    box.press("Enter") if box.get_attribute("type") == "number" else box.blur()
+
+
+def main() -> None:
+    ASSETS.mkdir(exist_ok=True)
+    with start_server() as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100}, device_scale_factor=1)
+        page.goto(server.url)
+        page.wait_for_selector("#generate")
+        for name, value in SETTINGS.items():
+            set_knob(page, name, value)
+        page.locator("#message textarea").fill("Write a haiku about the sea.")
+        page.wait_for_timeout(500)
+        page.click("#generate")
+        page.wait_for_selector("#inspector .js-plotly-plot", timeout=180_000)
+        page.wait_for_timeout(1500)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(ASSETS / "playground.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": 1500})
+        page.locator("#tokenview").scroll_into_view_if_needed()
+        page.locator("#tokenview .sel").hover()
+        page.wait_for_timeout(300)
+        clip_between(page, "#view", "#step", ASSETS / "tokens-timeline.png")
+        page.mouse.move(0, 0)
+        clip_between(page, "#inspector", "#draw", ASSETS / "inspector.png")
+        page.get_by_role("tab", name="Compare").click()
+        page.click("#compare")
+        page.wait_for_function("document.querySelector('#compare-view').innerText.includes('same prompt')", timeout=180_000)
+        page.mouse.move(0, 0)  # no tooltip over the picture
+        page.wait_for_timeout(300)
+        page.locator("#compare-view").screenshot(path=str(ASSETS / "compare.png"))
+        browser.close()
+    print("wrote", ", ".join(sorted(p.name for p in ASSETS.glob("*.png"))))
+
+
+def clip_between(page, top_selector: str, bottom_selector: str, path: Path) -> None:
+    """A screenshot from the top of one element to the bottom of another, across the main column."""
+    top = page.locator(top_selector).bounding_box()
+    bottom = page.locator(bottom_selector).bounding_box()
+    page.screenshot(path=str(path), full_page=True, clip={
+        "x": top["x"] - 8, "y": top["y"] - 8, "width": bottom["x"] + bottom["width"] - top["x"] + 16,
+        "height": bottom["y"] + bottom["height"] - top["y"] + 16})
+
+
+if __name__ == "__main__":
+    main()
