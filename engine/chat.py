@@ -73,17 +73,22 @@ class ChatRequest:
 
     def message(self, text: str, finish_reason: str | None) -> dict:
         """The assistant message for a completion: content, reasoning_content, tool_calls, finish_reason."""
-        reasoning_text, content = reasoning.split(text) if self.thinking else (None, text)
-        calls = []
-        if self.tool_choice != "none":
-            content, calls = toolkit.parse_tool_calls(content, self.functions)
-        return {
-            "role": "assistant",
-            "content": content,
-            "reasoning_content": reasoning_text,
-            "tool_calls": calls,
-            "finish_reason": "tool_calls" if calls and finish_reason == "stop" else finish_reason,
-        }
+        return assistant_message(text, finish_reason, self.functions, self.tool_choice, self.thinking is not None)
+
+
+def assistant_message(text: str, finish_reason: str | None, functions: list[dict], tool_choice: str, thinking: bool) -> dict:
+    """Split a completion's text into reasoning, content and tool calls (finish_reason tool_calls)."""
+    reasoning_text, content = reasoning.split(text) if thinking else (None, text)
+    calls = []
+    if tool_choice != "none":
+        content, calls = toolkit.parse_tool_calls(content, functions)
+    return {
+        "role": "assistant",
+        "content": content,
+        "reasoning_content": reasoning_text,
+        "tool_calls": calls,
+        "finish_reason": "tool_calls" if calls and finish_reason == "stop" else finish_reason,
+    }
 
 
 def check_modalities(modalities: Any) -> None:

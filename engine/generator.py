@@ -56,9 +56,27 @@ class Generation:
         self.bias = self._dense_bias()
         n = params.n
         self.matchers = grammar.start(lm, n) if grammar is not None else None  # ParamError for a bad grammar
+        self.thinks = [thinking.start() for _ in range(n)] if thinking else None
+        self._follow_prefix()
         self.completions: list[list[Step]] = [[] for _ in range(n)]
         self.texts = [""] * n
         self.finish_reasons: list[str | None] = [None] * n
+
+    def _follow_prefix(self) -> None:
+        """A branch continues inside the same thinking section and grammar as the original."""
+        if not self.prefix_ids or (self.matchers is None and self.thinks is None):
+            return
+        decoder = IncrementalDecoder(self.lm.tokenizer)
+        for tok in self.prefix_ids:
+            piece = decoder.push(tok)
+            for i in range(self.params.n):
+                in_grammar = self.matchers is not None and (self.thinks is None or self.thinks[i].done)
+                if self.thinks:
+                    self.thinks[i].feed(tok, piece)
+                if in_grammar:
+                    self.matchers.consume(i, tok)
+        if self.matchers is not None and any(m.is_error() for m in self.matchers.matchers):
+            raise ParamError("prefix_ids", "the chosen token breaks the grammar this completion must follow")
 
     @property
     def prompt_tokens(self) -> int:
@@ -121,11 +139,11 @@ class Generation:
             for d in decoders:
                 piece = d.push(tok)
             prefix_text += piece
+        thinks = self.thinks
         for m in matchers:
             m.text, m.released = prefix_text, len(prefix_text)
         start = len(self.prefix_ids)
         active = list(range(n))  # original indices of the rows still in the batch, in batch order
-        thinks = [self.thinking.start() for _ in range(n)] if self.thinking else None
 
         with torch.inference_mode():
             out = _forward(lm.model, prompt[None], None, logits_to_keep=1)

@@ -180,3 +180,29 @@ def test_response_format_shapes_are_checked():
     assert e.value.param == "response_format"
     with pytest.raises(ParamError):
         T.response_grammar({"type": "json_schema", "json_schema": {"name": "x"}})
+
+
+@pytest.mark.model
+def test_a_branch_inside_a_tool_call_continues_under_the_same_grammar(lm):
+    ask = [{"role": "user", "content": "What is the weather like in Paris?"}]
+    grammar = T.call_grammar(FUNCTIONS, "required")
+    first = run(lm, ask, grammar, FUNCTIONS, temperature=0, max_tokens=60)
+    ids = [s.token_id for s in first.completions[0]]
+    at = next(k for k, s in enumerate(first.completions[0]) if "get" in lm.token_text(s.token_id) or "add" in lm.token_text(s.token_id))
+    add = lm.tokenizer.encode("add", add_special_tokens=False)
+    msgs, kw = T.prompt_messages(ask, FUNCTIONS, lm.tokenizer)
+    gen = Generation(lm, lm.encode_chat(msgs, **kw), SamplingParams.build(temperature=0, max_tokens=60),
+                     grammar=T.call_grammar(FUNCTIONS, "required"), prefix_ids=ids[:at] + add)
+    for _ in gen:
+        pass
+    assert_valid_call(lm.tokenizer.decode(ids[:at] + add) + gen.texts[0], {"add"})
+
+
+@pytest.mark.model
+def test_a_branch_token_the_grammar_forbids_is_refused_by_name(lm):
+    ask = [{"role": "user", "content": "Hi"}]
+    msgs, kw = T.prompt_messages(ask, FUNCTIONS, lm.tokenizer)
+    bad = lm.tokenizer.encode("Hello", add_special_tokens=False)
+    with pytest.raises(ParamError) as e:
+        Generation(lm, lm.encode_chat(msgs, **kw), SamplingParams.build(), grammar=T.call_grammar(FUNCTIONS, "required"), prefix_ids=bad)
+    assert e.value.param == "prefix_ids"
