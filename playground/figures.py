@@ -129,6 +129,8 @@ def _row_title(stage: dict, params: dict[str, Any], last: bool) -> str:
 
 
 def _setting(name: str, params: dict[str, Any]) -> str:
+    if name == "constraint":
+        return " (grammar or forced tokens)"
     if name == "presence_frequency":
         return f" ({params['presence_penalty']:g} / {params['frequency_penalty']:g})"
     if name == "logit_bias":
@@ -152,6 +154,11 @@ def stage_sentences(step: Step, texts: dict[int, str], params: dict[str, Any]) -
 
 def _sentence(name: str, prev: dict, cur: dict, step: Step, texts: dict[int, str], params: dict[str, Any]) -> str:
     label = STAGE_LABELS[name]
+    if name == "constraint":
+        if cur["removed_mass"] == 0 and cur["kept"] == prev["kept"]:
+            return "the constraint (grammar or forced tokens) allowed every token here."
+        return (f"the constraint (grammar or forced tokens) allowed {_tokens(cur['kept'])} and removed "
+                f"{cur['removed_mass']:.2f} of the mass.")
     if _is_off(name, params):
         return f"{label} was off."
     if name in TRUNCATING:

@@ -38,6 +38,8 @@ CSS = """
 .comps .comp { flex: 1 1 260px; min-width: 0; border: 1px solid #e2e8f0; border-radius: 8px; padding: 8px 10px; background: #fff; }
 .comp-head { font-size: 12px; font-weight: 600; color: #475569; margin-bottom: 4px; }
 .comp-text { white-space: pre-wrap; word-break: break-word; font-size: 14px; color: #0f172a; }
+.tool-call { margin: 4px 0; padding: 4px 8px; border-left: 3px solid #9333ea; background: #faf5ff; font-size: 13px; }
+.thinking summary { cursor: pointer; color: #64748b; font-size: 13px; }
 .comps .comp .tv { border: none; padding: 2px 0; }
 .note { font-size: 14px; color: #0f172a; background: #fff7ed; border-left: 3px solid #ea580c; padding: 6px 10px; border-radius: 4px; }
 table.alts { border-collapse: collapse; font-size: 12px; width: 100%; }
@@ -112,9 +114,22 @@ def completions_html(completions: list[dict], running: bool = False) -> str:
     cols = []
     for i, c in enumerate(completions, start=1):
         reason = c["finish_reason"] or ("generating…" if running else "unfinished")
+        message = c.get("message")
+        body = f"<div class='comp-text'>{escape(c['text'])}</div>"
+        if message:
+            reason = message["finish_reason"] or reason
+            body = ""
+            if message["reasoning_content"] is not None:
+                body += (f"<details class='thinking'><summary>thinking ({len(message['reasoning_content'])} characters)"
+                         f"</summary><div class='comp-text'>{escape(message['reasoning_content'])}</div></details>")
+            for call in message["tool_calls"]:
+                fn = call["function"]
+                body += f"<div class='tool-call'>tool call: <code>{escape(fn['name'])}({escape(fn['arguments'])})</code></div>"
+            if message["content"]:
+                body += f"<div class='comp-text'>{escape(message['content'])}</div>"
         cols.append(
             f"<div class='comp'><div class='comp-head'>Completion {i} · {escape(reason)} · "
-            f"{len(c['steps'])} tokens</div><div class='comp-text'>{escape(c['text'])}</div></div>"
+            f"{len(c['steps'])} tokens</div>{body}</div>"
         )
     return "<div class='comps'>" + "".join(cols) + "</div>"
 

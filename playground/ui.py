@@ -16,6 +16,7 @@ import gradio as gr
 
 from engine.knobs import KNOBS, REQUEST_KNOBS, ParamError, SamplingParams
 from engine.model import LoadedModel
+from engine.reasoning import supports_thinking
 from playground import figures, snippets, tokenview, ui_records, ui_runs
 from playground.models import ModelHost
 from playground.ui_settings import (
@@ -30,7 +31,7 @@ from playground.ui_settings import (
     describe_error,
     parse_logit_bias,
     parse_overrides,
-    template_kwargs,
+    request_extras,
 )
 
 MODEL_CONCURRENCY = 2  # generations at once across all tabs: the CPU has few cores, each uses them all
@@ -138,14 +139,18 @@ class Inputs:
     tools: str
     tool_choice: str
     reasoning_effort: str | None
+    response_format: str
+
+    def extras(self) -> dict[str, Any]:
+        return request_extras(self.tools, self.tool_choice, self.reasoning_effort, self.response_format)
 
     @classmethod
     def of(cls, args) -> "Inputs":
         model, system, message, history, *rest = args
         knobs = dict(zip(UI_KNOBS, rest[: len(UI_KNOBS)]))
-        tools, tool_choice, effort = rest[len(UI_KNOBS):]
+        tools, tool_choice, effort, response_format = rest[len(UI_KNOBS):]
         return cls(model, system or "", message or "", history or [], knobs, tools or "", tool_choice or "none",
-                   effort if effort and effort != "none" else None)
+                   effort if effort and effort != "none" else None, response_format or "text")
 
 
 def _view_choices(runs: list[dict]) -> list[tuple[str, int]]:
@@ -187,12 +192,15 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                             if name == "logit_bias":
                                 bias_md = gr.Markdown(elem_id="bias-preview")
                         if group == "advanced":
-                            tools_box = gr.Code(language="json", label="tools (JSON, passed to the chat template)",
+                            tools_box = gr.Code(language="json", label="tools (JSON list of functions)",
                                                 value="", lines=3, elem_id="tools")
-                            tool_choice_dd = gr.Radio(list(TOOL_CHOICES), value="auto", label="tool_choice",
+                            tool_choice_dd = gr.Radio(list(TOOL_CHOICES), value="auto", label="tool_choice", elem_id="tool-choice",
                                                       info=REQUEST_KNOBS["tool_choice"].help)
                             effort_dd = gr.Radio(["none", *REQUEST_KNOBS["reasoning_effort"].choices], value="none",
-                                                 label="reasoning_effort", info=REQUEST_KNOBS["reasoning_effort"].help)
+                                                 label="reasoning_effort", elem_id="effort",
+                                                 **_effort_state(host.get(host.default)))
+                            format_radio = gr.Radio(["text", "json_object"], value="text", label="response_format",
+                                                    info=REQUEST_KNOBS["response_format"].help, elem_id="response-format")
                 reset_btn = gr.Button("Reset to defaults", elem_id="reset")
 
             # ---- conversation, output and the pictures ----
@@ -247,7 +255,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                         prompt_code = gr.Code(language=None, label="templated prompt", elem_id="prompt")
 
         knob_controls = [controls[name] for name in UI_KNOBS]
-        settings_inputs = [model_dd, system_box, msg_box, history_state, *knob_controls, tools_box, tool_choice_dd, effort_dd]
+        settings_inputs = [model_dd, system_box, msg_box, history_state, *knob_controls, tools_box, tool_choice_dd, effort_dd,
+                           format_radio]
         view_inputs = [runs_state, view_dd, completion_radio, step_slider, mode_radio]
         view_outputs = [token_html, timeline_plot, inspector_plot, sentences_md, alts_html, draw_plot, alt_dd]
         model_events = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
@@ -263,10 +272,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 entries = parse_logit_bias(ui.knobs["logit_bias"] or "", _encoder(lm))
                 preview = bias_preview(entries, lm.token_text)
                 params = collect(ui.knobs, _encoder(lm))
-                extras = {"tools": None, "tool_choice": None, "reasoning_effort": ui.reasoning_effort}
-                tk = template_kwargs(ui.tools, ui.tool_choice, ui.reasoning_effort)
-                if "tools" in tk:
-                    extras.update(tools=tk["tools"], tool_choice=ui.tool_choice)
+                extras = ui.extras()
                 # With the message box empty (just after Generate), show the request that was last sent.
                 messages = _conversation(ui.system, ui.history, ui.message)
                 if not ui.message.strip() and runs:
@@ -294,12 +300,12 @@ def build_ui(host: ModelHost) -> gr.Blocks:
             try:
                 lm = host.get(ui.model)
                 params = collect(ui.knobs, _encoder(lm))
-                tk = template_kwargs(ui.tools, ui.tool_choice, ui.reasoning_effort)
+                extras = ui.extras()
                 if not ui.message.strip():
                     raise ParamError("message", "type a message first")
                 messages = _conversation(ui.system, ui.history, ui.message)
                 stop = _new_stop(request)
-                gen, run = ui_runs.start(lm, messages, params, "Generated", tk, cancel=stop.is_set)
+                gen, run = ui_runs.start(lm, messages, params, "Generated", extras, cancel=stop.is_set)
             except ParamError as e:
                 yield {run_error: describe_error(e)}
                 return
@@ -425,7 +431,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 base = runs[0] if runs else None
                 prompt_ids = base["prompt_ids"] if base else None
                 messages = base["messages"] if base else _conversation(ui.system, ui.history, ui.message)
-                tk = {} if base else template_kwargs(ui.tools, ui.tool_choice, ui.reasoning_effort)
+                tk = base.get("extras", {}) if base else ui.extras()
                 if base is None and not ui.message.strip():
                     raise ParamError("message", "type a message (or generate once) to compare on")
                 seed = params_a.seed if params_a.seed is not None else (base["params"]["seed"] if base else secrets.randbits(63))
@@ -467,9 +473,9 @@ def build_ui(host: ModelHost) -> gr.Blocks:
         # ---- settings helpers ----
         def reset():
             values = [control_spec(KNOBS[name]).value for name in UI_KNOBS]
-            return [*values, list(ORDER_PRESETS)[0], "", "auto", "none"]
+            return [*values, list(ORDER_PRESETS)[0], "", "auto", "none", "text"]
 
-        reset_btn.click(reset, None, [*knob_controls, order_preset, tools_box, tool_choice_dd, effort_dd])
+        reset_btn.click(reset, None, [*knob_controls, order_preset, tools_box, tool_choice_dd, effort_dd, format_radio])
         order_preset.input(lambda p: ", ".join(ORDER_PRESETS[p]), order_preset, controls["sampler_order"])
 
         # ---- models ----
@@ -492,9 +498,18 @@ def build_ui(host: ModelHost) -> gr.Blocks:
         # Its own queue slot: a Hub load can take minutes (or retry for a while offline) without holding up generation.
         load_btn.click(load, load_box, [model_dd, model_md], concurrency_limit=1, concurrency_id="load")
         model_dd.change(lambda name: model_info(host.get(name)), model_dd, model_md)
+        model_dd.change(lambda name: gr.update(value="none", **_effort_state(host.get(name))), model_dd, effort_dd)
 
     demo.queue(default_concurrency_limit=8, max_size=64)
     return demo
+
+
+def _effort_state(lm: LoadedModel) -> dict[str, Any]:
+    """reasoning_effort only works where the chat template can think; elsewhere the control says why."""
+    if supports_thinking(lm):
+        return {"interactive": True, "info": REQUEST_KNOBS["reasoning_effort"].help}
+    return {"interactive": False,
+            "info": f"Disabled: {lm.name}'s chat template has no <think> section, so there is no thinking to budget."}
 
 
 def _control(name: str):

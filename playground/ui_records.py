@@ -15,6 +15,7 @@ Step = dict[str, Any]
 # Short names for chart rows and sentences, in pipeline vocabulary.
 STAGE_LABELS = {
     "raw": "raw",
+    "constraint": "the constraint",
     "logit_bias": "logit bias",
     "repetition_penalty": "repetition penalty",
     "presence_frequency": "presence/frequency",

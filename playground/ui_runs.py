@@ -1,8 +1,8 @@
 """Runs as the UI keeps them: generations recorded into small, deep-copyable dicts (no tensors).
 
 A run is {"label", "model", "messages", "prompt_ids", "params" (SamplingParams.to_dict() with the seed
-actually used), "stages", "completions": [{"steps", "text", "finish_reason"}], "texts" {id: token text},
-"branch_of"}. Steps are `Step.to_dict(stages)` plus "shown" (display text). This module drives the
+actually used), "stages", "completions": [{"steps", "text", "finish_reason", "message"}], "texts" {id: token text},
+"branch_of", and the request extras: "extras", "functions", "tool_choice", "thinking"}. Steps are `Step.to_dict(stages)` plus "shown" (display text). This module drives the
 engine's Generation; it imports no Gradio, so it is tested with the real model directly.
 """
 
@@ -12,6 +12,7 @@ import math
 import time
 from typing import Any, Callable, Iterator
 
+from engine.chat import ChatRequest, assistant_message
 from engine.generator import Generation
 from engine.knobs import SamplingParams
 from engine.model import LoadedModel
@@ -25,18 +26,23 @@ def start(
     messages: list[dict],
     params: SamplingParams,
     label: str,
-    template_kwargs: dict[str, Any] | None = None,
+    extras: dict[str, Any] | None = None,
     cancel: Callable[[], bool] | None = None,
     prompt_ids: list[int] | None = None,
 ) -> tuple[Generation, Run]:
     """A Generation for the conversation and its empty run. Raises ParamError before anything runs.
 
-    prompt_ids: the already templated prompt (Compare reuses a run's exact prompt); else `messages`
-    go through the model's chat template with `template_kwargs` (tools, reasoning_effort)."""
-    if prompt_ids is None:
-        prompt_ids = lm.encode_chat(messages, **(template_kwargs or {}))
-    gen = Generation(lm, prompt_ids, params, cancel=cancel)
-    return gen, _new_run(lm, gen, label, messages, params)
+    extras: tools, tool_choice, response_format, reasoning_effort (engine.chat.ChatRequest renders the
+    tools, picks the grammar and the thinking budget). prompt_ids: the already templated prompt
+    (Compare reuses a run's exact prompt)."""
+    extras = dict(extras or {})
+    chat = ChatRequest.build(lm, messages, params, **extras)
+    if prompt_ids is not None:
+        chat.prompt_ids = list(prompt_ids)
+    gen = chat.generation(cancel=cancel)
+    run = _new_run(lm, gen, label, messages, params)
+    run.update(extras=extras, functions=chat.functions, tool_choice=chat.tool_choice, thinking=chat.thinking is not None)
+    return gen, run
 
 
 def _new_run(lm: LoadedModel, gen: Generation, label: str, messages: list[dict], params: SamplingParams) -> Run:
@@ -48,9 +54,13 @@ def _new_run(lm: LoadedModel, gen: Generation, label: str, messages: list[dict],
         "prompt_ids": list(gen.prompt_ids),
         "params": {**params.to_dict(), "seed": gen.seed},
         "stages": list(gen.stages),
-        "completions": [{"steps": [], "text": "", "finish_reason": None} for _ in range(params.n)],
+        "completions": [{"steps": [], "text": "", "finish_reason": None, "message": None} for _ in range(params.n)],
         "texts": texts,
         "branch_of": None,
+        "extras": {},
+        "functions": [],
+        "tool_choice": "none",
+        "thinking": False,
     }
 
 
@@ -84,6 +94,9 @@ def advance(lm: LoadedModel, gen: Generation, run: Run, every_s: float = 0.1, pr
 def _sync(gen: Generation, run: Run, prefix_text: str) -> None:
     for c, text, reason in zip(run["completions"], gen.texts, gen.finish_reasons):
         c["text"], c["finish_reason"] = prefix_text + text, reason
+        # Once finished: the text as an assistant message (reasoning, content and tool calls apart).
+        c["message"] = None if reason is None else assistant_message(
+            c["text"], reason, run.get("functions", []), run.get("tool_choice", "none"), run.get("thinking", False))
 
 
 def branch(
@@ -117,7 +130,7 @@ def branch(
         **run,
         "label": label,
         "params": params.to_dict(),
-        "completions": [{"steps": steps, "text": prefix_text, "finish_reason": None}],
+        "completions": [{"steps": steps, "text": prefix_text, "finish_reason": None, "message": None}],
         "texts": texts,
         "branch_of": {"label": run["label"], "completion": completion, "position": position},
     }
@@ -125,7 +138,10 @@ def branch(
         forced["finish_reason"] = out["completions"][0]["finish_reason"] = "stop"
         return None, out, prefix_text
     # advance() appends the new steps after the copied ones; their positions already count the prefix.
-    gen = Generation(lm, run["prompt_ids"], params, cancel=cancel, prefix_ids=prefix)
+    # The same request as the original (grammar, thinking budget), continued after the prefix.
+    chat = ChatRequest.build(lm, run["messages"], params, **run.get("extras", {}))
+    chat.prompt_ids = list(run["prompt_ids"])
+    gen = chat.generation(cancel=cancel, prefix_ids=prefix)
     return gen, out, prefix_text
 
 

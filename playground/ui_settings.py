@@ -183,8 +183,9 @@ def collect(values: dict[str, Any], encode: Callable[[str], list[int]]) -> Sampl
     return SamplingParams.build(**raw)
 
 
-def template_kwargs(tools_text: str, tool_choice: str, reasoning_effort: str | None) -> dict[str, Any]:
-    """Request-level extras for the chat template: tools (unless tool_choice is none) and reasoning_effort."""
+def request_extras(tools_text: str, tool_choice: str, reasoning_effort: str | None, response_format: str = "text") -> dict[str, Any]:
+    """The request-level settings of a run, as the engine's ChatRequest takes them: tools and
+    tool_choice (tools dropped when tool_choice is none), reasoning_effort and response_format."""
     out: dict[str, Any] = {}
     if tools_text and tools_text.strip() and tool_choice != "none":
         try:
@@ -193,11 +194,13 @@ def template_kwargs(tools_text: str, tool_choice: str, reasoning_effort: str | N
             raise ParamError("tools", f"tools must be a JSON list of function definitions: {e}") from None
         if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools):
             raise ParamError("tools", 'tools must be a JSON list like [{"type": "function", "function": {"name": "...", "parameters": {...}}}]')
-        out["tools"] = tools
+        out["tools"], out["tool_choice"] = tools, tool_choice
     if reasoning_effort:
         if reasoning_effort not in REQUEST_KNOBS["reasoning_effort"].choices:
             raise ParamError("reasoning_effort", f"reasoning_effort must be {REQUEST_KNOBS['reasoning_effort'].range_text()}, got {reasoning_effort!r}")
         out["reasoning_effort"] = reasoning_effort
+    if response_format and response_format != "text":
+        out["response_format"] = {"type": response_format}
     return out
 
 

@@ -119,3 +119,28 @@ def test_stop_cancels_a_long_generation(page):
     page.click("#stop")
     page.wait_for_selector("#completions .comp-head:has-text('cancelled')", timeout=30_000)
     fill(page, "knob-max_tokens", "10")
+
+
+ADVANCED_TITLE = "Advanced"
+ADD_TOOL = ('[{"type": "function", "function": {"name": "add", "parameters": {"type": "object", '
+            '"properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]')
+
+
+def test_a_required_tool_call_is_shown_with_the_constraint_stage(page):
+    page.get_by_text(ADVANCED_TITLE, exact=True).first.click()
+    page.locator("#tools .cm-content").click()
+    page.keyboard.insert_text(ADD_TOOL)
+    page.locator("#tool-choice").get_by_text("required", exact=True).click()
+    # This model's template cannot think: the control is disabled and says why.
+    assert "no <think> section" in page.inner_text("#effort")
+    fill(page, "knob-max_tokens", "40")
+    fill(page, "message", "Add 2 and 3.")
+    page.click("#generate")
+    page.wait_for_selector("#completions .tool-call", timeout=GENERATION_TIMEOUT_MS)
+    assert "tool call: add(" in page.inner_text("#completions .tool-call")
+    assert "tool_calls" in page.inner_text("#completions .comp-head")
+    page.locator("#tokenview [data-step='0']").click()
+    page.wait_for_function(
+        "document.querySelector('#sentences').innerText.includes('the constraint (grammar or forced tokens) allowed 1 token')",
+        timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "ui-tool-call.png"), full_page=True)

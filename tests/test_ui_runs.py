@@ -8,7 +8,7 @@ import json
 import pytest
 
 from engine.knobs import ParamError, SamplingParams
-from playground import ui_runs
+from playground import figures, tokenview, ui_runs
 
 pytestmark = pytest.mark.model
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
@@ -93,5 +93,22 @@ def test_branching_past_the_end_is_refused(lm):
 
 def test_compare_style_runs_reuse_the_exact_prompt(lm):
     gen_a, a = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=2), "A")
-    gen_b, b = ui_runs.start(lm, [], SamplingParams.build(max_tokens=2), "B", prompt_ids=a["prompt_ids"])
+    gen_b, b = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=2), "B", prompt_ids=a["prompt_ids"])
     assert b["prompt_ids"] == a["prompt_ids"] == lm.encode_chat(MESSAGES)
+
+
+def test_a_required_tool_choice_run_ends_in_a_tool_call_with_the_constraint_stage(lm):
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+    extras = {"tools": [add], "tool_choice": "required"}
+    gen, run = ui_runs.start(lm, [{"role": "user", "content": "Add 2 and 3."}], SamplingParams.build(temperature=0, max_tokens=40), "T", extras)
+    run = list(ui_runs.advance(lm, gen, run))[-1]
+    assert run["stages"][1] == "constraint"
+    message = run["completions"][0]["message"]
+    assert message["finish_reason"] == "tool_calls" and message["tool_calls"][0]["function"]["name"] == "add"
+    assert "tool call: <code>add(" in tokenview.completions_html(run["completions"])
+    first = run["completions"][0]["steps"][0]
+    assert "the constraint (grammar or forced tokens) allowed 1 token" in " ".join(figures.stage_sentences(first, run["texts"], run["params"]))
+    assert "after the constraint (grammar or forced tokens)" in figures.inspector_figure(first, run["texts"], run["params"]).to_json()
+    # A branch keeps the grammar: it still ends in a call.
+    _, branched, _ = ui_runs.branch(lm, run, 0, 3, run["completions"][0]["steps"][3]["token_id"], "B")
+    assert branched["extras"] == extras

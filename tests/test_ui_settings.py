@@ -135,13 +135,15 @@ def test_a_bias_outside_its_range_is_refused_by_the_knob():
 
 def test_tools_must_be_a_list_of_functions_and_are_dropped_when_tool_choice_is_none():
     tools = '[{"type": "function", "function": {"name": "weather", "parameters": {}}}]'
-    assert ui_settings.template_kwargs(tools, "auto", "low") == {
-        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}], "reasoning_effort": "low"}
-    assert ui_settings.template_kwargs(tools, "none", None) == {}
+    assert ui_settings.request_extras(tools, "required", "low") == {
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}], "tool_choice": "required",
+        "reasoning_effort": "low"}
+    assert ui_settings.request_extras(tools, "none", None) == {}
+    assert ui_settings.request_extras("", "auto", None, "json_object") == {"response_format": {"type": "json_object"}}
     with pytest.raises(ParamError, match="tools must be a JSON list"):
-        ui_settings.template_kwargs('{"name": "x"}', "auto", None)
+        ui_settings.request_extras('{"name": "x"}', "auto", None)
     with pytest.raises(ParamError, match="tools must be a JSON list of function definitions"):
-        ui_settings.template_kwargs("[oops", "auto", None)
+        ui_settings.request_extras("[oops", "auto", None)
 
 
 def test_compare_overrides_must_be_a_json_object():
