@@ -58,10 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from engine.model import load_model
+    from playground.loading import LoadingPage
     from playground.models import ModelHost
 
     args = parse_args(argv)
-    lm = load_model(args.model, args.device, args.dtype, progress=lambda m: print(m, flush=True))
+    # Until the model is loaded (seconds from the cache, ~20 s on a first start, longer from the Hub)
+    # the port serves a page that shows the progress.
+    with LoadingPage(args.host, args.port) as page:
+        def progress(message: str) -> None:
+            print(message, flush=True)
+            page.say(message)
+
+        lm = load_model(args.model, args.device, args.dtype, progress=progress)
     print(f"model ready in {lm.load_seconds:.1f} s: {lm.name} on {lm.device} ({lm.source})", flush=True)
     app = build_app(ModelHost(lm, args.device, args.dtype), args)
     print(f"Sampling Playground on http://{args.host}:{args.port}  (API: http://{args.host}:{args.port}/v1)", flush=True)

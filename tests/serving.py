@@ -34,8 +34,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_server(*args: str, env: dict | None = None, timeout: float = 180.0):
-    port = free_port()
+def start_server(*args: str, env: dict | None = None, timeout: float = 180.0, port: int | None = None):
+    port = port or free_port()
     log = ROOT / "test-artifacts" / f"server-{port}.log"
     log.parent.mkdir(exist_ok=True)
     full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
