@@ -8,7 +8,6 @@ an empty distribution.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -87,11 +86,3 @@ class Matchers:
     def finished(self, i: int) -> bool:
         """The grammar is complete and allows nothing more (only end of sequence)."""
         return self.matchers[i].is_stopped()
-
-
-def json_object_grammar() -> Grammar:
-    return Grammar.json_schema({"type": "object"}, label="json_object")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -153,7 +153,7 @@ class Generation:
                 cache.batch_repeat_interleave(n)
 
             for position in range(start, start + self.max_tokens):
-                allowed, graded = self._allowed(active, thinks, V) if self.constrained else (None, [False] * n)
+                allowed, graded = self._allowed(active, V) if self.constrained else (None, [False] * n)
                 ctx = SamplerContext(params, seen, counts, self.bias, allowed)
                 stages = run_pipeline(logits, ctx, self.constrained)
                 u = None if params.greedy else torch.rand(n, generator=rng, dtype=torch.float64)[active]
@@ -210,10 +210,10 @@ class Generation:
                 logits = out.logits[:, -1, :].float()  # (B, V)
 
 
-    def _allowed(self, active, thinks, V) -> tuple[torch.Tensor | None, list[bool]]:
+    def _allowed(self, active, V) -> tuple[torch.Tensor | None, list[bool]]:
         """(B, V) mask of allowed tokens for the active rows (None when nothing is masked this step),
         and per original row whether its token is checked against the grammar."""
-        masks, graded = [], [False] * self.params.n
+        masks, graded, thinks = [], [False] * self.params.n, self.thinks
         for i in active:
             mask = None
             forced = thinks[i].next_forced() if thinks else None
