@@ -31,9 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=os.environ.get("PLAYGROUND_API_KEY"), help="require Authorization: Bearer KEY on /v1 (env PLAYGROUND_API_KEY)")
     p.add_argument("--open-api", action="store_true", help="serve /v1 without a key to clients beyond loopback (on by default on a Hugging Face Space)")
     # String defaults go through `type` too, so a bad environment value gets argparse's clear error.
-    p.add_argument("--max-batch-tokens", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_BATCH_TOKENS", "65536"), help="cap on n x max_tokens per request (429 past it)")
-    p.add_argument("--max-in-flight", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_IN_FLIGHT", "8"), help="cap on API requests generating at once (429 past it)")
+    p.add_argument("--max-batch-rows", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_BATCH_ROWS", "128"),
+                   help="completions decoding at once in the shared batch (a request of n takes n); more wait in the queue")
+    p.add_argument("--max-batch-tokens", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_BATCH_TOKENS", "65536"),
+                   help="token slots the shared batch's KV cache may hold when a request joins (rows x width); more wait")
+    p.add_argument("--max-queue", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_QUEUE", "256"),
+                   help="requests waiting for room; past it, 429 with Retry-After")
     return p.parse_args(argv)
+
+
+def limits(args: argparse.Namespace):
+    from engine.scheduler import Limits
+
+    return Limits(max_rows=args.max_batch_rows, max_tokens=args.max_batch_tokens, max_queue=args.max_queue)
 
 
 def build_app(host, args: argparse.Namespace):
@@ -43,12 +53,7 @@ def build_app(host, args: argparse.Namespace):
     from playground.api import ApiSettings, create_api
     from playground.ui import build_ui, launch_kwargs
 
-    settings = ApiSettings(
-        api_key=args.api_key,
-        open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")),
-        max_batch_tokens=args.max_batch_tokens,
-        max_in_flight=args.max_in_flight,
-    )
+    settings = ApiSettings(api_key=args.api_key, open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")))
     app = create_api(host, settings)
     demo = build_ui(host)
     return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
         lm = load_model(args.model, args.device, args.dtype, progress=progress)
     print(f"model ready in {lm.load_seconds:.1f} s: {lm.name} on {lm.device} ({lm.source})", flush=True)
-    app = build_app(ModelHost(lm, args.device, args.dtype), args)
+    app = build_app(ModelHost(lm, args.device, args.dtype, limits(args)), args)
     print(f"Sampling Playground on http://{args.host}:{args.port}  (API: http://{args.host}:{args.port}/v1)", flush=True)
     # A short graceful shutdown: an open client connection otherwise holds SIGTERM for minutes.
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=3, log_level="warning")

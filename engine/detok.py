@@ -25,5 +25,13 @@ class IncrementalDecoder:
             return after[len(before) :]
         return ""
 
+    def flush(self) -> str:
+        """Everything pushed but not yet returned (an unfinished character decodes as U+FFFD): the
+        completion ends here, so nothing may stay behind."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

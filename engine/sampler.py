@@ -15,30 +15,87 @@ Default order (engine/knobs.py STAGE_ORDER), the one Hugging Face and vLLM use:
 Edits to the logits come before temperature so that temperature shapes what the truncations then see;
 llama.cpp puts temperature last instead, which is why the order is a parameter.
 
-Every stage is `(logits (B, V) float32, ctx) -> logits (B, V)`. A stage never writes into its input (the
-"before" picture must stay true) and returns its input object unchanged when its knob is off, which
-lets the recorder skip identical snapshots. Removed tokens get -inf.
+Every stage is `(logits (B, V) float32, ctx) -> logits (B, V)`, and every knob is per row (vLLM's
+pattern): a row whose knob is off holds its neutral value, which leaves that row's logits bit for bit as
+they were. A stage no row uses returns its input object itself, which lets the recorder skip identical
+snapshots. A stage never writes into its input (the "before" picture must stay true). Removed tokens get
+-inf.
+
+No row's result may depend on the rows beside it: every computation here is row-wise, and where a fast
+path exists (few survivors) it yields exactly what the slow path would, tie-breaks included. Ties in
+probability are always broken toward the lower token id, the rule argmax uses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from engine.knobs import SamplingParams
 
 NEG_INF = float("-inf")
+FLOAT32_MAX = torch.finfo(torch.float32).max
+# Below this many survivors a stage or the draw works on the survivors only, never on the vocabulary.
+COMPACT = 4096
+# With more survivors the draw first walks the HEAD most likely tokens and sorts the whole row only when
+# the uniform falls past them.
+HEAD = 256
+
+
+@dataclass(frozen=True)
+class RowKnobs:
+    """The knobs of B rows as (B, 1) tensors, and which stages any row uses (host-side flags)."""
+
+    temperature: torch.Tensor  # float64; 0 = greedy, 1 = off
+    greedy: torch.Tensor  # (B,) bool
+    top_k: torch.Tensor  # int64; 0 = off
+    top_p: torch.Tensor  # float64; 1 = off
+    min_p: torch.Tensor  # float32; 0 = off
+    presence: torch.Tensor  # float32; 0 = off
+    frequency: torch.Tensor  # float32; 0 = off
+    repetition: torch.Tensor  # float32; 1 = off
+    on: frozenset[str]
+
+    @classmethod
+    def of(cls, params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str = "cpu") -> "RowKnobs":
+        def col(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=device)[:, None]
+
+        on = {name for name, used in STAGE_ON.items() for p in params if used(p, vocab_size)}
+        return cls(
+            temperature=col([p.temperature for p in params], torch.float64),
+            greedy=torch.tensor([p.greedy for p in params], device=device),
+            top_k=col([p.top_k if 0 < p.top_k < vocab_size else 0 for p in params], torch.int64),
+            top_p=col([p.top_p for p in params], torch.float64),
+            min_p=col([p.min_p for p in params], torch.float32),
+            presence=col([p.presence_penalty for p in params], torch.float32),
+            frequency=col([p.frequency_penalty for p in params], torch.float32),
+            repetition=col([p.repetition_penalty for p in params], torch.float32),
+            on=frozenset(on),
+        )
 
 
 @dataclass(frozen=True)
 class SamplerContext:
-    params: SamplingParams
+    knobs: RowKnobs
+    order: tuple[str, ...]  # the stage order these rows share
     seen: torch.Tensor  # (B, V) bool: the token occurs in the prompt or the output so far
     counts: torch.Tensor  # (B, V) float32: how often each token was generated so far
-    bias: torch.Tensor | None  # (V,) float32 dense logit_bias, None when empty
+    bias: torch.Tensor | None  # (B, V) or (V,) float32 dense logit_bias, None when no row has one
     allowed: torch.Tensor | None = None  # (B, V) bool from the grammar / forced tokens; None: no mask
+
+    @classmethod
+    def of(cls, params: SamplingParams | Sequence[SamplingParams], seen: torch.Tensor, counts: torch.Tensor,
+           bias: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> "SamplerContext":
+        """Rows with these params (one SamplingParams for every row, or one per row)."""
+        B, V = seen.shape
+        rows = [params] * B if isinstance(params, SamplingParams) else list(params)
+        orders = {p.sampler_order for p in rows}
+        if len(orders) != 1:
+            raise ValueError("the rows of one pipeline run share one sampler_order")
+        return cls(RowKnobs.of(rows, V, seen.device), orders.pop(), seen, counts, bias, allowed)
 
 
 def constraint(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
@@ -48,7 +105,7 @@ def constraint(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
 
 
 def logit_bias(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    if ctx.bias is None:
+    if ctx.bias is None:  # no row has a bias; rows without one add zeros
         return logits
     return logits + ctx.bias
 
@@ -56,75 +113,82 @@ def logit_bias(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
 def repetition_penalty(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     # CTRL: a seen token's logit is divided by theta when positive and multiplied when negative,
     # so theta > 1 always makes it less likely.
-    theta = ctx.params.repetition_penalty
-    if theta == 1.0:
+    if "repetition_penalty" not in ctx.knobs.on:
         return logits
+    theta = ctx.knobs.repetition
     penalized = torch.where(logits > 0, logits / theta, logits * theta)
     return torch.where(ctx.seen, penalized, logits)
 
 
 def presence_frequency(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     # OpenAI: mu[j] -= c[j] * alpha_frequency + float(c[j] > 0) * alpha_presence, c over generated tokens.
-    p, f = ctx.params.presence_penalty, ctx.params.frequency_penalty
-    if p == 0.0 and f == 0.0:
+    k = ctx.knobs
+    if "presence_frequency" not in k.on:
         return logits
-    return logits - f * ctx.counts - p * (ctx.counts > 0).float()
+    return logits - k.frequency * ctx.counts - k.presence * (ctx.counts > 0).float()
 
 
 def temperature(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    t = ctx.params.temperature
-    if t == 1.0:
+    k = ctx.knobs
+    if "temperature" not in k.on:
         return logits
-    if t == 0.0:
-        # Greedy by an explicit argmax, never a division by a tiny number.
+    x = logits.double()
+    t = torch.where(k.greedy[:, None], 1.0, k.temperature)
+    out = x / t  # exact: no floor on t
+    # A tiny t can push a finite logit past float32's range; then that row is shifted by its maximum
+    # first, which softmax cannot see, and (x - max) / t only ever overflows toward -inf.
+    finite = torch.isfinite(x)
+    overflow = ((out.abs() > FLOAT32_MAX) & finite).any(dim=-1, keepdim=True)  # (B, 1)
+    if bool(overflow.any()):
+        top = x.masked_fill(~finite, NEG_INF).amax(dim=-1, keepdim=True)
+        out = torch.where(overflow, (x - top) / t, out)
+    out = out.float()
+    if bool(k.greedy.any()):
+        # Greedy by an explicit argmax (ties to the lower id), never a division by a tiny number.
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-        return torch.full_like(logits, NEG_INF).scatter(1, best, logits.gather(1, best))
-    # Below ~1e-37 a float32 division overflows to inf and softmax turns to nan; by 1e-4 every logit gap
-    # that matters (bias included, |gap| <= ~300) is already stretched past float32's softmax range,
-    # so the floor changes no distribution.
-    return logits / max(t, 1e-4)
+        only_best = torch.full_like(logits, NEG_INF).scatter(1, best, logits.gather(1, best))
+        out = torch.where(k.greedy[:, None], only_best, out)
+    return out
 
 
 def top_k(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    k = ctx.params.top_k
-    if k == 0 or k >= logits.shape[-1]:
+    k = ctx.knobs.top_k
+    if "top_k" not in ctx.knobs.on:
         return logits
+    off = k == 0  # (B, 1)
+    k = torch.where(off, 1, k)
     # Exactly k survive: ties with the k-th logit go to the lower token ids, the same rule argmax uses,
     # so top_k = 1 is greedy even where bf16 logits tie (Hugging Face keeps every tied token instead).
-    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
+    kth = logits.topk(int(k.max()), dim=-1).values.gather(1, k - 1)  # (B, 1)
     keep = logits >= kth
-    if int(keep.sum(dim=-1).max()) > k:  # a tie at the k-th place: the lower ids win, as in argmax
+    if bool((keep.sum(dim=-1, keepdim=True) > k).any()):  # a tie at the k-th place somewhere
         above = logits > kth
         tied = logits == kth
         room = k - above.sum(dim=-1, keepdim=True)
         keep = above | (tied & (tied.cumsum(dim=-1) <= room))
-    return logits.masked_fill(~keep, NEG_INF)
+    return logits.masked_fill(~(keep | off), NEG_INF)
 
 
 def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    p = ctx.params.top_p
-    if p >= 1.0:
+    p = ctx.knobs.top_p
+    if "top_p" not in ctx.knobs.on:
         return logits
     probs = torch.softmax(logits, dim=-1)
-    V = logits.shape[-1]
-    alive = int(torch.isfinite(logits).sum(dim=-1).max())
-    # After an earlier truncation only `alive` tokens can matter: a partial top-k is far cheaper than
-    # sorting the whole vocabulary; the rest keep their -inf.
-    if alive <= V // 8:
-        sorted_probs, order = probs.topk(alive, dim=-1)
-    else:
-        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    # A token survives while the mass above it is still short of p: the top token always does.
-    keep_sorted = mass_before < p
-    keep_sorted[:, 0] = True  # even a top_p that underflows to 0 keeps the top token
+    sorted_probs, order = canonical_head(probs, logits, _alive(logits))
+    # The mass above each token, summed in float64 in the canonical order: the same prefix whatever the
+    # width of the head, so a row's cut never depends on its neighbours.
+    above = sorted_probs.double().cumsum(dim=-1) - sorted_probs.double()
+    # A token survives while the mass above it is still short of p; the top token always does, and a
+    # token of probability 0 never adds anything, so it never does.
+    keep_sorted = (above < p) & (sorted_probs > 0)
+    keep_sorted[:, 0] = True
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, keep_sorted)
-    return logits.masked_fill(~keep, NEG_INF)
+    return logits.masked_fill(~(keep | (p >= 1.0)), NEG_INF)
 
 
 def min_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    m = ctx.params.min_p
-    if m == 0.0:
+    m = ctx.knobs.min_p
+    if "min_p" not in ctx.knobs.on:
         return logits
     probs = torch.softmax(logits, dim=-1)
     threshold = m * probs.max(dim=-1, keepdim=True).values
@@ -141,58 +205,89 @@ STAGES: dict[str, Callable[[torch.Tensor, SamplerContext], torch.Tensor]] = {
     "min_p": min_p,
 }
 
+# Whether a row with these params uses the stage (V: the vocabulary size). A stage no row uses is skipped.
+STAGE_ON: dict[str, Callable[[SamplingParams, int], bool]] = {
+    "logit_bias": lambda p, V: bool(p.logit_bias),
+    "repetition_penalty": lambda p, V: p.repetition_penalty != 1.0,
+    "presence_frequency": lambda p, V: p.presence_penalty != 0.0 or p.frequency_penalty != 0.0,
+    "temperature": lambda p, V: p.temperature != 1.0,
+    "top_k": lambda p, V: 0 < p.top_k < V,
+    "top_p": lambda p, V: p.top_p < 1.0,
+    "min_p": lambda p, V: p.min_p > 0.0,
+}
+
 
 def run_pipeline(
     logits: torch.Tensor, ctx: SamplerContext, constrained: bool = False
 ) -> list[tuple[str, torch.Tensor]]:
-    """[("raw", logits), (stage, logits after it), ...] in ctx.params.sampler_order, after the
-    constraint stage when `constrained` (the generation has a grammar or a thinking budget)."""
+    """[("raw", logits), (stage, logits after it), ...] in ctx.order, after the constraint stage when
+    `constrained` (the rows have a grammar or a thinking budget)."""
     out = [("raw", logits)]
     if constrained:
         out.append(("constraint", constraint(logits, ctx)))
-    for name in ctx.params.sampler_order:
+    for name in ctx.order:
         out.append((name, STAGES[name](out[-1][1], ctx)))
     return out
 
 
-def draw(final: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sample one token per row from softmax(final) by inverse CDF; argmax when u is None (greedy).
+def _alive(logits: torch.Tensor) -> int:
+    """The most survivors (finite logits) in any row."""
+    return int(torch.isfinite(logits).sum(dim=-1).max())
 
-    final: (B, V) float32; u: (B,) uniforms in [0, 1). Returns tokens (B,) and where each draw
-    landed on the CDF of the final distribution sorted by probability (B,), for the UI's picture.
+
+def canonical_head(values: torch.Tensor, logits: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m most likely tokens of each row in the canonical order: `values` (probabilities, an increasing
+    function of `logits`) descending, ties to the lower id. Returns (values (B, m), ids (B, m)).
+
+    When m covers every finite logit of a row, the row's head is all of its survivors; otherwise ties at
+    the m-th place may be cut arbitrarily, which callers account for."""
+    V = values.shape[-1]
+    if m > V // 8:
+        sorted_values, ids = values.sort(dim=-1, descending=True, stable=True)
+        return sorted_values[:, :m], ids[:, :m]
+    ids = logits.topk(m, dim=-1).indices.sort(dim=-1).values  # by id, then stably by value
+    sorted_values, j = values.gather(1, ids).sort(dim=-1, descending=True, stable=True)
+    return sorted_values, ids.gather(1, j)
+
+
+def draw(final: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row: argmax where `greedy`, else inverse-CDF sampling from softmax(final).
+
+    final: (B, V) float32; u: (B,) float64 uniforms in [0, 1); greedy: (B,) bool. The CDF of every row is
+    walked in one order, whatever its neighbours: by probability descending, ties to the lower id, in
+    float64. That is the CDF the UI draws, so the uniform itself is where the draw landed on it.
+    Returns tokens (B,) and the landing points (B,) float64, NaN for greedy rows.
     """
-    if u is None:
-        return final.argmax(dim=-1), None
-    probs = torch.softmax(final, dim=-1)  # (B, V)
-    u = u.to(probs.device, probs.dtype)[:, None]  # (B, 1)
-    V = probs.shape[-1]
-    alive = int(torch.isfinite(final).sum(dim=-1).max())
-    if alive <= V // 8:
-        # Few survivors (a truncation ran): walk their CDF sorted by probability, so the uniform
-        # itself is where the draw landed.
-        sorted_p, ids = probs.topk(alive, dim=-1)  # (B, m), descending
-        cdf = sorted_p.cumsum(dim=-1)
-        target = u * cdf[:, -1:]
-        at = torch.searchsorted(cdf, target, right=True)
-        # Rounding can push the target past the last positive entry: stay on it.
-        at = torch.minimum(at, (sorted_p > 0).sum(dim=-1, keepdim=True) - 1)
-        return ids.gather(1, at).squeeze(1), u.squeeze(1).clamp(0.0, 1.0)
-    # Most of the vocabulary survives: walk the CDF in vocabulary order, which needs no sort.
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    total = cdf[:, -1:]
-    target = u * total  # (B, 1)
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=V - 1)
-    p_tok = probs.gather(1, tokens[:, None])  # (B, 1)
-    if bool((p_tok == 0).any()):  # rounding pushed the target past the last positive entry
-        last_positive = V - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
-        tokens = torch.where(p_tok.squeeze(1) > 0, tokens, last_positive)
-        p_tok = probs.gather(1, tokens[:, None])
-    # The same draw seen on the probability-sorted CDF: the mass of all tokens ranked above the chosen
-    # one, plus how far into the chosen token's own band the uniform fell.
-    ids = torch.arange(V, device=probs.device)
-    above = (probs > p_tok) | ((probs == p_tok) & (ids < tokens[:, None]))
-    mass_above = (probs * above).sum(dim=-1)
-    into_band = (target.squeeze(1) - (cdf.gather(1, tokens[:, None]).squeeze(1) - p_tok.squeeze(1))).clamp(min=0)
-    into_band = torch.minimum(into_band, p_tok.squeeze(1))
-    landing = ((mass_above + into_band) / total.squeeze(1)).clamp(0.0, 1.0)
+    B, V = final.shape
+    tokens = final.argmax(dim=-1)
+    landing = torch.full((B,), float("nan"), dtype=torch.float64)
+    sampled = (~greedy).nonzero().squeeze(1).tolist()
+    if not sampled:
+        return tokens, landing
+    x = final if len(sampled) == B else final[sampled]
+    uu = u.to(torch.float64).cpu()[sampled].to(x.device)[:, None]  # (b, 1)
+    probs = torch.softmax(x.double(), dim=-1)  # (b, V), row by row
+    alive = _alive(x)
+    m = min(V, alive if alive <= COMPACT else HEAD)
+    head, ids = canonical_head(probs, x, m)
+    cdf = head.cumsum(dim=-1)
+    at = torch.searchsorted(cdf, uu, right=True)  # first place whose cumulative mass exceeds u
+    # A head that holds all of a row's survivors (or whose smallest probability is 0) is the row's whole
+    # canonical order. Otherwise its first tokens, those above its smallest probability, are exactly the
+    # first tokens of that order, so a landing among them is final too.
+    smallest = head[:, -1:]
+    whole = (torch.isfinite(x).sum(dim=-1, keepdim=True) <= m) | (smallest == 0)
+    exact = whole | (at < (head > smallest).sum(dim=-1, keepdim=True))
+    # Rounding can leave u past the last positive band: stay on that band.
+    at = torch.minimum(at, (head > 0).sum(dim=-1, keepdim=True) - 1)
+    chosen = ids.gather(1, at).squeeze(1)
+    for r in (~exact.squeeze(1)).nonzero().squeeze(1).tolist():
+        # The uniform fell past the head: walk this row's whole sorted distribution.
+        row, order = probs[r].sort(descending=True, stable=True)
+        full = torch.searchsorted(row.cumsum(0), uu[r], right=True)
+        full = torch.minimum(full, (row > 0).sum(dim=0, keepdim=True) - 1)
+        chosen[r] = order[full[0]]
+    tokens = tokens.clone()
+    tokens[sampled] = chosen.to(tokens.device)
+    landing[sampled] = uu.squeeze(1).cpu().clamp(0.0, 1.0)
     return tokens, landing

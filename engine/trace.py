@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -90,34 +91,48 @@ class _Snap:
         # nothing is removed, so the clamping pass can be skipped.
         finite_x = x if dense else x.clamp(min=-1e30)
         self.entropy = self.lse.squeeze(1) - torch.linalg.vecdot(self.p, finite_x)
+        self._lookup = None
 
-    def logp_at(self, ids: torch.Tensor, pos: torch.Tensor | None, found: torch.Tensor | None) -> torch.Tensor:
-        """Log-probabilities at token ids (B, K); for a compact snapshot, `pos`/`found` locate them."""
+    def logp_at(self, ids: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, K) at token ids (B, K); -inf for ids outside a compact support."""
         if self.support is None:
             return self.x.gather(1, ids) - self.lse
-        vals = self.x.gather(1, pos) - self.lse
+        if self._lookup is None:
+            self._lookup = self.support.sort(dim=-1)  # (B, m) ids ascending, and where each sits
+        ordered, where = self._lookup
+        # Binary search instead of comparing every id with every support entry: memory (B, K), not (B, K, m).
+        at = torch.searchsorted(ordered, ids).clamp(max=ordered.shape[-1] - 1)
+        found = ordered.gather(1, at) == ids
+        vals = self.x.gather(1, where.gather(1, at)) - self.lse
         return vals.masked_fill(~found, float("-inf"))
 
-    def top(self, k: int, fallback: torch.Tensor) -> torch.Tensor:
-        """Ids (B, k) of the k most likely tokens; removed ones replaced by `fallback` (B, 1)."""
-        k = min(k, self.x.shape[-1])
-        t = self.x.topk(k, dim=-1)
+    def top(self, k: int, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (B, k) of the k most likely tokens, removed ones replaced by `fallback` (B, 1), and their
+        logits (B, k), descending."""
+        t = self.x.topk(min(k, self.x.shape[-1]), dim=-1)
         ids = t.indices if self.support is None else self.support.gather(1, t.indices)
-        return torch.where(torch.isfinite(t.values), ids, fallback)
+        ids, values = torch.where(torch.isfinite(t.values), ids, fallback), t.values
+        short = k - ids.shape[-1]  # a compact support smaller than k: fill with removed entries
+        if short > 0:
+            ids = torch.cat([ids, fallback.expand(-1, short)], dim=1)
+            values = F.pad(values, (0, short), value=float("-inf"))
+        return ids, values
 
 
 def record(
     stages: list[tuple[str, torch.Tensor]],
     tokens: torch.Tensor,
-    landing: torch.Tensor | None,
-    k: int,
+    landing: torch.Tensor,
+    k: int | list[int],
 ) -> list[dict[str, Any]]:
     """Per row, the numeric fields of a Step (all but index/position/text/delta/finish_reason).
 
-    stages: [(name, logits (B, V))] with stages[0] raw and stages[-1] final; tokens: (B,).
+    stages: [(name, logits (B, V))] with stages[0] raw and stages[-1] final; tokens: (B,); landing: (B,)
+    float64, NaN for a greedy row; k: how many top candidates per stage to keep, for all rows or per row.
     """
     B, V = stages[0][1].shape
-    k = min(k, V)
+    ks = [min(k, V)] * B if isinstance(k, int) else [min(x, V) for x in k]
+    kmax = max(ks)
     chosen = tokens[:, None]  # (B, 1)
     # Stages that were off returned their input object: snapshot each distinct tensor once.
     snaps: list[_Snap] = []
@@ -157,29 +172,15 @@ def record(
     tops = []
     for d, s in enumerate(snaps):
         same_order = d > 0 and names[d] == "temperature" and s.support is snaps[d - 1].support
-        tops.append(tops[-1] if same_order else s.top(k, chosen))
-    raw = snaps[0]
-    top_raw_ids = tops[0]  # raw keeps every token, so these are the true top-k
-    cands = torch.cat(tops + [chosen], dim=1)  # (B, D*k + 1)
+        tops.append(tops[-1] if same_order else s.top(kmax, chosen))
+    top_raw_ids, top_raw_x = tops[0]  # raw keeps every token, so these are the true top-k
+    cands = torch.cat([ids for ids, _ in tops] + [chosen], dim=1)  # (B, D*kmax + 1)
 
-    def logps(ids: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        pos = found = None
-        for s in snaps:
-            if s.support is not None and pos is None:
-                eq = ids[:, :, None] == s.support[:, None, :]  # (B, K, m)
-                found, pos = eq.any(dim=-1), eq.int().argmax(dim=-1)
-            out.append(s.logp_at(ids, pos, found))
-        return out
-
-    cand_lp = torch.stack(logps(cands))  # (D, B, C)
-    top_lp = logps(top_raw_ids)
+    cand_lp = torch.stack([s.logp_at(cands) for s in snaps])  # (D, B, C)
+    top_lp = [snaps[0].logp_at(top_raw_ids), snaps[-1].logp_at(top_raw_ids)]
     chosen_raw = cand_lp[0, :, -1]
     chosen_final = cand_lp[-1, :, -1]
-    in_top = top_raw_ids == chosen
-    # Rank of the chosen token in the raw distribution: its place in the top-k when it is there.
-    rank = torch.where(in_top.any(dim=1), in_top.int().argmax(dim=1) + 1,
-                       (raw.x > raw.x.gather(1, chosen)).sum(dim=-1) + 1)
+    rank = _rank(stages[0][1], tokens, top_raw_ids, top_raw_x)
 
     # One move to the CPU for everything the rows need.
     cand_np = cands.cpu().numpy()
@@ -193,13 +194,17 @@ def record(
     top_ids = top_raw_ids.cpu().numpy().astype(np.int32)
     top_raw_v = top_lp[0].cpu().numpy().astype(np.float32)
     top_final_v = top_lp[-1].cpu().numpy().astype(np.float32)
-    draws = None if landing is None else landing.cpu().tolist()
+    draws = landing.cpu().tolist()
     token_list = tokens.cpu().tolist()
+    D = len(snaps)
 
     rows = []
     for b in range(B):
-        ids, first = np.unique(cand_np[b], return_index=True)
-        lp = cand_lp_np[:, b, first]  # (D, K)
+        kb = ks[b]
+        # Row b keeps each stage's own top-kb (the first kb of its top-kmax) and the chosen token.
+        cols = np.concatenate([np.arange(d * kmax, d * kmax + kb) for d in range(D)] + [np.array([D * kmax])])
+        ids, first = np.unique(cand_np[b, cols], return_index=True)
+        lp = cand_lp_np[:, b, cols[first]]  # (D, K)
         # Order candidates by final probability, then by raw logit, so charts read left to right.
         order = np.lexsort((-lp[0], -lp[-1]))
         ids, probs = ids[order], np.exp(lp[:, order])
@@ -210,16 +215,32 @@ def record(
                 "logprob": final_lp,
                 "raw_logprob": raw_lp,
                 "rank": int(rk),
-                "top_ids": top_ids[b],
-                "top_raw_logprobs": top_raw_v[b],
-                "top_logprobs": top_final_v[b],
+                "top_ids": top_ids[b, :kb],
+                "top_raw_logprobs": top_raw_v[b, :kb],
+                "top_logprobs": top_final_v[b, :kb],
                 "cand_ids": ids.astype(np.int32),
                 "stage_probs": probs.astype(np.float32)[which],
                 "stage_entropy": ent[b][which].astype(np.float32),
                 "stage_kept": kep[b][which],
                 "stage_removed": np.where(changed, rem[b][which], 0.0).astype(np.float32),
-                "draw": None if draws is None else draws[b],
+                "draw": None if draws[b] != draws[b] else draws[b],  # NaN: greedy, no draw
             }
         )
     return rows
 
+
+def _rank(raw: torch.Tensor, tokens: torch.Tensor, top_ids: torch.Tensor, top_x: torch.Tensor) -> torch.Tensor:
+    """(B,) 1-based place of each chosen token in the raw distribution: tokens more likely, plus equally
+    likely tokens of lower id (the order argmax and top_k use)."""
+    c = raw.gather(1, tokens[:, None])  # (B, 1)
+    # Where the chosen logit is above the top-k's last value, every token that outranks it is in the
+    # top-k (ties included): count there instead of over the vocabulary.
+    inside = (c > top_x[:, -1:]).squeeze(1)
+    before = (top_x > c) | ((top_x == c) & (top_ids < tokens[:, None]))
+    rank = before.sum(dim=-1) + 1
+    outside = (~inside).nonzero().squeeze(1)
+    if outside.numel():
+        x, cc, t = raw[outside], c[outside], tokens[outside, None]
+        ids = torch.arange(raw.shape[-1], device=raw.device)
+        rank[outside] = ((x > cc) | ((x == cc) & (ids < t))).sum(dim=-1) + 1
+    return rank

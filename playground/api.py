@@ -5,9 +5,11 @@
 
 Every error, bad input included, answers in OpenAI's shape {"error": {message, type, param, code}}:
 400 for bad input (naming the field), 401 for a missing or wrong key, 403 for a remote client of a server
-without a key, 404 for an unknown model or path, 429 past the caps. Generation runs in a worker thread, so
-the event loop (and the Gradio UI on the same server) stays responsive; a client that disconnects stops
-its generation within one step.
+without a key, 404 for an unknown model or path, 429 when the queue is full (with Retry-After) or a request
+is larger than the server ever runs. Requests become jobs of the model's scheduler (engine/scheduler.py):
+their rows share one decode loop with every other request and the UI's runs; a request that finds the
+batch full waits in a first-in first-out queue and gets no error, only its answer once admitted. A client
+that disconnects, waiting or generating, is dropped within one step.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import threading
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.generator import Generation
 from engine.knobs import ParamError
+from engine.scheduler import END, Refused, Scheduler
 from engine.trace import Step
 from playground.api_format import Meta
 from playground.models import ModelHost
@@ -40,8 +41,6 @@ from playground.schema import ChatCompletionRequest, to_engine
 class ApiSettings:
     api_key: str | None = None
     open_to_remote: bool = False  # without a key, serve clients beyond loopback too
-    max_batch_tokens: int = 65536  # cap on n * max_tokens per request
-    max_in_flight: int = 8  # cap on requests generating at once
 
 
 class ApiError(Exception):
@@ -103,62 +102,40 @@ class V1Guard:
         await self.app(scope, receive, send)
 
 
-# --- caps and the worker thread ------------------------------------------------------------------------
+# --- the scheduler's steps on the event loop ------------------------------------------------------------
 
-class Slots:
-    """Counts requests generating at once; `take` fails past the cap instead of queueing."""
+class Steps:
+    """A job's steps, handed from the decode loop's thread to this event loop as they are made."""
 
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.used >= self.limit:
-                return False
-            self.used += 1
-            return True
-
-    def give(self) -> None:
-        with self._lock:
-            self.used -= 1
-
-
-_END = object()
-
-
-def steps_in_thread(gen: Generation, on_exit: Callable[[], None]) -> AsyncIterator[list[Step]]:
-    """Start iterating `gen` in its own thread now, and return an async iterator over its steps as they
-    are made. `on_exit` runs when the thread ends, which after a cancel is within one step."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def put(item) -> None:
+    def __init__(self, scheduler: Scheduler, gen: Generation):
+        self.gen = gen
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            scheduler.submit(gen, listener=self._put)
+        except Refused as e:
+            raise ApiError(429, e.message, type="requests" if e.retry else "tokens", param=e.param,
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"} if e.retry else None) from None
+
+    def _put(self, item) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop closed (server shutting down): nobody is listening
             pass
 
-    def produce() -> None:
-        item = _END
+    async def next(self, timeout: float | None = None):
+        """The next list of Steps; END after the last; None when nothing came within `timeout`."""
         try:
-            for steps in gen:
-                put(steps)
-        except Exception as e:  # handed to the request, which answers instead of waiting forever
-            item = e
-        finally:
-            on_exit()
-        put(item)
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
-    async def drain():
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, Exception):
-                raise item
+    async def __aiter__(self):
+        while (item := await self.next()) is not END:
             yield item
-
-    # Started here, not on first iteration: on_exit must run even if nobody ever iterates.
-    threading.Thread(target=produce, name="generation", daemon=True).start()
-    return drain()
 
 
 def sse(obj) -> str:
@@ -229,7 +206,7 @@ _ERRORS = {
         "message": text, "type": "invalid_request_error", "param": None, "code": None}}}}}
     for code, text in [(400, "bad input, naming the field and its allowed range"), (401, "missing or wrong API key"),
                        (403, "remote client of a server without a key"), (404, "unknown model"),
-                       (429, "past the cap on n x max_tokens or on requests in flight")]
+                       (429, "the queue is full (retry after Retry-After seconds), or the request is larger than the server runs")]
 }
 
 
@@ -237,7 +214,6 @@ def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="Sampling Playground API", description=__doc__)
     app.add_middleware(V1Guard, settings=settings)
     install_error_handlers(app)
-    slots = Slots(settings.max_in_flight)
 
     def model_card(name: str) -> dict:
         return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local"}
@@ -257,35 +233,26 @@ def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
     })
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         lm = lookup(host, body.model)
-        stop = threading.Event()
 
         def prepare():  # may refuse (ParamError): knobs, messages, tools, context, vocabulary, grammar
             chat = to_engine(body, lm)
-            return chat, chat.generation(cancel=stop.is_set)
+            return chat, chat.generation()
 
         # Off the event loop: a long prompt's tokenizing or a large JSON schema's grammar takes a while.
         chat, gen = await run_in_threadpool(prepare)
-        params = chat.params
-        budget = params.n * gen.max_tokens
-        if budget > settings.max_batch_tokens:
-            raise ApiError(429, f"n x max_tokens = {params.n} x {gen.max_tokens} = {budget} tokens is more than this "
-                           f"server generates for one request ({settings.max_batch_tokens}); lower n or max_tokens.",
-                           type="tokens", param="max_tokens", code="rate_limit_exceeded")
         meta = Meta(chat, gen, bool(body.trace))
-        if not slots.take():
-            raise ApiError(429, f"This server is already generating for {settings.max_in_flight} requests; retry shortly.",
-                           type="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        steps = steps_in_thread(gen, slots.give)
+        steps = Steps(host.scheduler(lm.name), gen)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(meta, steps, stop, include_usage), media_type="text/event-stream",
+            return StreamingResponse(stream(meta, steps, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            async for _ in steps:
+            while (item := await steps.next(timeout=0.5)) is not END:
+                # Waiting in the queue or generating: a client that left is dropped either way.
                 if await request.is_disconnected():
                     break
         finally:
-            stop.set()  # a no-op when the generation already ended; else it ends within one step
+            gen.stop()  # a no-op when the generation already ended; else it ends within one step
         return meta.completion()
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
@@ -304,7 +271,7 @@ def lookup(host: ModelHost, name: str | None):
                        param="model", code="model_not_found") from None
 
 
-async def stream(meta: Meta, steps: AsyncIterator[list[Step]], stop: threading.Event, include_usage: bool):
+async def stream(meta: Meta, steps: Steps, include_usage: bool):
     """Data-only server-sent events: a role chunk per choice, one chunk per token per choice (the last
     with its finish_reason), the usage chunk if asked, then [DONE]. When the client goes away Starlette
     cancels this generator, and `finally` stops the generation."""
@@ -321,4 +288,4 @@ async def stream(meta: Meta, steps: AsyncIterator[list[Step]], stop: threading.E
             yield sse(meta.chunk([], usage=meta.usage(), include_usage=True))
         yield "data: [DONE]\n\n"
     finally:
-        stop.set()
+        meta.gen.stop()

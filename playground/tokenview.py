@@ -107,13 +107,18 @@ def alternatives_html(step: Step, texts: dict[int, str], limit: int = 10) -> str
     )
 
 
-def completions_html(completions: list[dict], running: bool = False) -> str:
-    """The n completions side by side, each with its finish reason and token count."""
+def completions_html(completions: list[dict], running: bool = False, waiting: int | None = None) -> str:
+    """The n completions side by side, each with its finish reason and token count. `waiting`: how many
+    runs are ahead of this one in the model's queue, while it waits for room in the shared batch."""
     if not completions:
         return ""
     cols = []
+    note = ""
+    if waiting is not None:
+        ahead = "next in line" if waiting == 0 else f"{waiting} ahead of you"
+        note = f"<p class='note waiting'>⏳ Waiting for room in the model's shared batch: {ahead}.</p>"
     for i, c in enumerate(completions, start=1):
-        reason = c["finish_reason"] or ("generating…" if running else "unfinished")
+        reason = c["finish_reason"] or ("waiting…" if waiting is not None else "generating…" if running else "unfinished")
         message = c.get("message")
         body = f"<div class='comp-text'>{escape(c['text'])}</div>"
         if message:
@@ -131,7 +136,7 @@ def completions_html(completions: list[dict], running: bool = False) -> str:
             f"<div class='comp'><div class='comp-head'>Completion {i} · {escape(reason)} · "
             f"{len(c['steps'])} tokens</div>{body}</div>"
         )
-    return "<div class='comps'>" + "".join(cols) + "</div>"
+    return note + "<div class='comps'>" + "".join(cols) + "</div>"
 
 
 def side_by_side(columns: list[tuple[str, str]], note: str = "") -> str:

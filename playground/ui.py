@@ -17,6 +17,7 @@ import gradio as gr
 from engine.knobs import KNOBS, REQUEST_KNOBS, ParamError, SamplingParams
 from engine.model import LoadedModel
 from engine.reasoning import supports_thinking
+from engine.scheduler import Refused
 from playground import figures, snippets, tokenview, ui_records, ui_runs
 from playground.models import ModelHost
 from playground.ui_settings import (
@@ -34,7 +35,9 @@ from playground.ui_settings import (
     request_extras,
 )
 
-MODEL_CONCURRENCY = 2  # generations at once across all tabs: the CPU has few cores, each uses them all
+# UI events that may generate at once: each only waits on the model's scheduler, which batches them (and
+# queues past its limits, showing each run its place).
+MODEL_CONCURRENCY = 64
 DEFAULT_MESSAGE = "Write a short poem about the sea."
 DEFAULT_SETTINGS_B = '{"temperature": 1.5, "top_p": 1.0, "min_p": 0.0}'
 
@@ -306,18 +309,22 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 messages = _conversation(ui.system, ui.history, ui.message)
                 stop = _new_stop(request)
                 gen, run = ui_runs.start(lm, messages, params, "Generated", extras, cancel=stop.is_set)
+                ticket = ui_runs.submit(host.scheduler(lm.name), gen)
             except ParamError as e:
                 yield {run_error: describe_error(e)}
+                return
+            except Refused as e:
+                yield {run_error: f"⚠️ {e.message}"}
                 return
             except KeyError:
                 yield {run_error: f"⚠️ model {ui.model!r} is not loaded"}
                 return
             chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": ""}]
-            for run in ui_runs.advance(lm, gen, run):
+            for run in ui_runs.advance(lm, ticket, run):
                 chat[-1]["content"] = run["completions"][0]["text"]
                 yield {
                     run_error: "",
-                    completions: tokenview.completions_html(run["completions"], running=True),
+                    completions: tokenview.completions_html(run["completions"], running=True, waiting=run["waiting"]),
                     token_html: tokenview.token_view_html(run["completions"][0]["steps"], run["texts"]),
                     chatbot: chat,
                 }
@@ -399,7 +406,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
             stop = _new_stop(request)
             try:
                 gen, new, prefix_text = ui_runs.branch(lm, run, c, pos, int(alt_id), label, cancel=stop.is_set)
-            except (ParamError, IndexError) as e:
+                ticket = None if gen is None else ui_runs.submit(host.scheduler(lm.name), gen)
+            except (ParamError, IndexError, Refused) as e:
                 yield {branch_html: f"<p class='note'>Cannot branch: {e}</p>"}
                 return
             original = run["completions"][c]["steps"]
@@ -412,8 +420,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 ], note=f"Both share the first {pos} tokens; at step {pos} (underlined) the branch takes your token "
                         f"instead of '{ui_records.token_label(run['texts'], original[pos]['token_id'])}'.")
 
-            if gen is not None:
-                for new in ui_runs.advance(lm, gen, new, prefix_text=prefix_text):
+            if ticket is not None:
+                for new in ui_runs.advance(lm, ticket, new, prefix_text=prefix_text):
                     yield {branch_html: picture(new)}
             runs = [*runs, new]
             yield {branch_html: picture(new), runs_state: runs, view_dd: gr.update(choices=_view_choices(runs))}
@@ -441,18 +449,29 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 stop = _new_stop(request)
                 gen_a, run_a = ui_runs.start(lm, messages, params_a, f"Compare {k} A", tk, stop.is_set, prompt_ids)
                 gen_b, run_b = ui_runs.start(lm, messages, params_b, f"Compare {k} B", tk, stop.is_set, run_a["prompt_ids"])
+                # Both at once: they share the model's batch, and B's steps wait in its ticket while A is shown.
+                scheduler = host.scheduler(lm.name)
+                ticket_a = ui_runs.submit(scheduler, gen_a)
+                try:
+                    ticket_b = ui_runs.submit(scheduler, gen_b)
+                except Refused:
+                    ticket_a.cancel()
+                    raise
             except ParamError as e:
                 yield {compare_html: f"<p class='note'>{describe_error(e).replace('**', '')}</p>"}
+                return
+            except Refused as e:
+                yield {compare_html: f"<p class='note'>{e.message}</p>"}
                 return
             except KeyError:
                 yield {compare_html: f"<p class='note'>model {ui.model!r} is not loaded</p>"}
                 return
             a_dict, b_dict = params_a.to_dict(), params_b.to_dict()
             diff = ", ".join(f"{name} {a_dict[name]} → {b_dict[name]}" for name in b_dict if a_dict[name] != b_dict[name]) or "nothing"
-            for _ in ui_runs.advance(lm, gen_a, run_a):
+            for _ in ui_runs.advance(lm, ticket_a, run_a):
                 yield {compare_html: tokenview.side_by_side([("A", tokenview.completions_html(run_a["completions"], True))],
                                                             note=f"Seed {seed}. B changes: {diff}. Running A…")}
-            for _ in ui_runs.advance(lm, gen_b, run_b):
+            for _ in ui_runs.advance(lm, ticket_b, run_b):
                 yield {compare_html: tokenview.side_by_side(
                     [("A", tokenview.completions_html(run_a["completions"])), ("B", tokenview.completions_html(run_b["completions"], True))],
                     note=f"Seed {seed}. B changes: {diff}. Running B…")}

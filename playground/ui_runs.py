@@ -2,7 +2,9 @@
 
 A run is {"label", "model", "messages", "prompt_ids", "params" (SamplingParams.to_dict() with the seed
 actually used), "stages", "completions": [{"steps", "text", "finish_reason", "message"}], "texts" {id: token text},
-"branch_of", and the request extras: "extras", "functions", "tool_choice", "thinking"}. Steps are `Step.to_dict(stages)` plus "shown" (display text). This module drives the
+"branch_of", "first_index" (the completion index of its first completion's random numbers: a branch
+continues its original's), "waiting" (runs ahead of it in the model's queue, None once it runs), and the request
+extras: "extras", "functions", "tool_choice", "thinking"}. Steps are `Step.to_dict(stages)` plus "shown" (display text). This module drives the
 engine's Generation; it imports no Gradio, so it is tested with the real model directly.
 """
 
@@ -16,6 +18,7 @@ from engine.chat import ChatRequest, assistant_message
 from engine.generator import Generation
 from engine.knobs import SamplingParams
 from engine.model import LoadedModel
+from engine.scheduler import END, Scheduler, Ticket
 from engine.trace import Step
 
 Run = dict[str, Any]
@@ -57,6 +60,8 @@ def _new_run(lm: LoadedModel, gen: Generation, label: str, messages: list[dict],
         "completions": [{"steps": [], "text": "", "finish_reason": None, "message": None} for _ in range(params.n)],
         "texts": texts,
         "branch_of": None,
+        "first_index": 0,
+        "waiting": None,
         "extras": {},
         "functions": [],
         "tool_choice": "none",
@@ -74,12 +79,16 @@ def step_dict(lm: LoadedModel, step: Step, stages: tuple[str, ...], texts: dict[
     return d
 
 
-def advance(lm: LoadedModel, gen: Generation, run: Run, every_s: float = 0.1, prefix_text: str = "") -> Iterator[Run]:
+def advance(lm: LoadedModel, source: Generation | Ticket, run: Run, every_s: float = 0.1, prefix_text: str = "") -> Iterator[Run]:
     """Generate, recording each step into `run`; yields the run at most every `every_s` seconds
-    (so the page stays smooth) and always once at the end, when finish reasons are final."""
+    (so the page stays smooth) and always once at the end, when finish reasons are final.
+
+    source: a Generation to run alone, or the Ticket of one submitted to the model's scheduler; while a
+    ticket waits for room in the shared batch, run["waiting"] is how many runs are ahead of it."""
+    gen = source.job if isinstance(source, Ticket) else source
     stages = tuple(run["stages"])
     last = 0.0
-    for steps in gen:
+    for steps in _batches(source, run, every_s):
         for step in steps:
             run["completions"][step.index]["steps"].append(step_dict(lm, step, stages, run["texts"]))
         _sync(gen, run, prefix_text)
@@ -87,8 +96,31 @@ def advance(lm: LoadedModel, gen: Generation, run: Run, every_s: float = 0.1, pr
         if now - last >= every_s:
             last = now
             yield run
+    run["waiting"] = None
     _sync(gen, run, prefix_text)  # a cancel sets the finish reasons after the last step
     yield run
+
+
+def submit(scheduler: Scheduler, gen: Generation) -> Ticket:
+    """Queue a run's generation in the model's shared batch (engine Refused when the queue is full)."""
+    return scheduler.submit(gen)
+
+
+def _batches(source: Generation | Ticket, run: Run, every_s: float) -> Iterator[list[Step]]:
+    if not isinstance(source, Ticket):
+        yield from source
+        return
+    while True:
+        item = source.get(timeout=max(every_s, 0.05))
+        run["waiting"] = None if source.admitted.is_set() else source.ahead
+        if item is None:
+            yield []  # nothing new: the caller still shows the run, and its place in the queue
+            continue
+        if item is END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _sync(gen: Generation, run: Run, prefix_text: str) -> None:
@@ -133,6 +165,8 @@ def branch(
         "completions": [{"steps": steps, "text": prefix_text, "finish_reason": None, "message": None}],
         "texts": texts,
         "branch_of": {"label": run["label"], "completion": completion, "position": position},
+        # The branch continues the original completion's random numbers (seed, index, position).
+        "first_index": run.get("first_index", 0) + completion,
     }
     if alt_id in lm.eos_ids:
         forced["finish_reason"] = out["completions"][0]["finish_reason"] = "stop"
@@ -141,7 +175,7 @@ def branch(
     # The same request as the original (grammar, thinking budget), continued after the prefix.
     chat = ChatRequest.build(lm, run["messages"], params, **run.get("extras", {}))
     chat.prompt_ids = list(run["prompt_ids"])
-    gen = chat.generation(cancel=cancel, prefix_ids=prefix)
+    gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"])
     return gen, out, prefix_text
 
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 import torch
+from transformers import DynamicCache
 
 from engine.model import LoadedModel
 
@@ -43,33 +44,35 @@ class FakeTokenizer:
         return len(self.pieces)
 
 
-class FakeCache:
-    def __init__(self, tokens: torch.Tensor):
-        self.tokens = tokens  # (B, T)
-
-    def batch_repeat_interleave(self, n: int) -> None:
-        self.tokens = self.tokens.repeat_interleave(n, dim=0)
-
-    def batch_select_indices(self, idx: torch.Tensor) -> None:
-        self.tokens = self.tokens[idx]
-
-
 class FakeModel(torch.nn.Module):
+    """Its "KV cache" is a real transformers DynamicCache whose keys hold the token ids, so the engine's
+    ragged batching (padding, joining, dropping, trimming) runs on it exactly as on a real model, and a
+    mistake in the padding mask or the position ids shows as a wrong history."""
+
     def __init__(self, next_logits: Callable[[list[int]], torch.Tensor]):
         super().__init__()
         self.next_logits = next_logits
         self.forward_calls = 0
         self.rows_seen: list[int] = []  # batch size of every forward, to check rows are dropped
 
-    def forward(self, input_ids, use_cache=True, past_key_values=None, logits_to_keep=0):
+    def forward(self, input_ids, use_cache=True, past_key_values=None, logits_to_keep=0, attention_mask=None,
+                position_ids=None):
         self.forward_calls += 1
-        self.rows_seen.append(input_ids.shape[0])
-        if past_key_values is None:
-            past_key_values = FakeCache(input_ids.clone())
-        else:
-            past_key_values.tokens = torch.cat([past_key_values.tokens, input_ids], dim=1)
-        logits = torch.stack([self.next_logits(row.tolist()) for row in past_key_values.tokens])  # (B, V)
-        return SimpleNamespace(logits=logits[:, None, :], past_key_values=past_key_values)
+        B, q = input_ids.shape
+        self.rows_seen.append(B)
+        cache = past_key_values if past_key_values is not None else DynamicCache()
+        ids = input_ids.to(torch.float32)[:, None, :, None]  # (B, 1, q, 1)
+        keys, _ = cache.update(ids, ids.clone(), 0)
+        T = keys.shape[2]
+        mask = torch.ones(B, T, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        assert mask.shape == (B, T), f"padding mask {tuple(mask.shape)} for a cache of {(B, T)}"
+        histories = [keys[b, 0, mask[b], 0].long().tolist() for b in range(B)]
+        if position_ids is not None:  # a token's position is its place in its own row, padding excluded
+            for b in range(B):
+                want = list(range(len(histories[b]) - q, len(histories[b])))
+                assert position_ids[b].tolist() == want, f"row {b}: positions {position_ids[b].tolist()}, expected {want}"
+        logits = torch.stack([self.next_logits(h) for h in histories])  # (B, V)
+        return SimpleNamespace(logits=logits[:, None, :], past_key_values=cache)
 
 
 def fake_lm(next_logits, pieces: list[bytes], context_length: int = 64, chat_template: str = "") -> LoadedModel:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import threading
 
 import httpx
 import openai
@@ -397,25 +396,6 @@ def test_audio_output_is_refused_naming_modalities(client, model):
 def test_reasoning_effort_is_refused_for_a_model_that_does_not_think(client, model):
     error = refusal(client, model, max_tokens=1, reasoning_effort="low")
     assert error["param"] == "reasoning_effort" and "template" in error["message"]
-
-
-# --- many clients at once ------------------------------------------------------------------------------
-
-def test_concurrent_clients_get_their_own_answers(client, model):
-    requests = [dict(seed=s, max_tokens=4, temperature=1.0, messages=[{"role": "user", "content": q}])
-                for s, q in [(1, "Name a fruit."), (2, "Name a color."), (3, "Name a city."), (4, "Name a tool.")]]
-    alone = [chat(client, model, **r).choices[0].message.content for r in requests]
-    together: list = [None] * len(requests)
-
-    def run(i):
-        together[i] = chat(client, model, **requests[i]).choices[0].message.content
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert together == alone
 
 
 # --- the published schema ------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Who may call the API, and the caps that answer 429: a server started with a key and tight caps."""
+"""Who may call the API, the queue, and the caps that answer 429: a server started with a key and tight caps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -23,8 +25,9 @@ HELLO = [{"role": "user", "content": "Tell me a long story about a lighthouse ke
 
 @pytest.fixture(scope="module")
 def guarded():
-    """One request in flight at most, at most 4000 tokens per request, and a key."""
-    with start_server("--api-key", KEY, "--max-in-flight", "1", "--max-batch-tokens", str(MAX_BATCH_TOKENS)) as s:
+    """Two rows decoding at once, two requests waiting at most, 4000 cache tokens, and a key."""
+    with start_server("--api-key", KEY, "--max-batch-rows", "2", "--max-queue", "2",
+                      "--max-batch-tokens", str(MAX_BATCH_TOKENS)) as s:
         yield s
 
 
@@ -32,38 +35,51 @@ def body(**knobs) -> dict:
     return {"messages": HELLO, "max_tokens": 1, **knobs}
 
 
-def post(server, key: str | None = KEY, **knobs) -> httpx.Response:
+def post(server, key: str | None = KEY, timeout: float = 60, **knobs) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-    return httpx.post(server.api + "/chat/completions", json=body(**knobs), headers=headers, timeout=60)
+    return httpx.post(server.api + "/chat/completions", json=body(**knobs), headers=headers, timeout=timeout)
 
 
-@pytest.fixture()
-def long_stream(guarded):
-    """A stream that would run for minutes (4000 tokens), opened and read up to its first token."""
+ENDLESS = {"max_tokens": 3000, "logit_bias": {"2": -100}}  # no end token: minutes of generation on this CPU
+
+
+@contextlib.contextmanager
+def long_streams(server, k: int):
+    """k streams that would run for minutes, each read up to its first token (so each holds a row)."""
     client = httpx.Client(timeout=60)
-    request = client.build_request("POST", guarded.api + "/chat/completions", json=body(max_tokens=MAX_BATCH_TOKENS, stream=True),
-                                   headers={"Authorization": f"Bearer {KEY}"})
-    response = client.send(request, stream=True)
-    assert response.status_code == 200
-    lines = response.iter_lines()
-    for line in lines:
-        if line.startswith("data: ") and '"content": ""' not in line:  # past the role chunk: generating
-            break
-    yield response
-    response.close()
-    client.close()
-    accepted_after_disconnect(guarded)  # leave the one slot free for the next test
+    responses, kept = [], []
+    try:
+        for _ in range(k):
+            request = client.build_request("POST", server.api + "/chat/completions", json=body(stream=True, **ENDLESS),
+                                           headers={"Authorization": f"Bearer {KEY}"})
+            response = client.send(request, stream=True)
+            assert response.status_code == 200
+            lines = response.iter_lines()  # kept alive: a collected line iterator closes the connection
+            for line in lines:
+                if line.startswith("data: ") and '"content": ""' not in line:  # past the role chunk: generating
+                    break
+            responses.append(response)
+            kept.append(lines)
+        yield responses
+    finally:
+        for response in responses:
+            response.close()
+        client.close()
 
 
-def accepted_after_disconnect(server, within: float = 30.0) -> bool:
-    """True once a request is accepted again; a generation left running would hold the one slot for
-    minutes (this bounds a hang; it is not a speed assertion)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if post(server).status_code == 200:
-            return True
-        time.sleep(0.2)
-    return False
+def served_within(server, seconds: float) -> bool:
+    """A short request is answered within `seconds` (a row left running would hold it for minutes; this
+    bounds a hang, it is not a speed assertion)."""
+    try:
+        return post(server, timeout=seconds).status_code == 200
+    except httpx.TimeoutException:
+        return False
+
+
+def in_background(pool, server, **knobs):
+    future = pool.submit(post, server, **knobs)
+    time.sleep(2.0)  # it reaches the queue well within this
+    return future
 
 
 def test_missing_key_is_401_in_the_openai_shape(guarded):
@@ -91,28 +107,54 @@ def test_the_ui_needs_no_key(guarded):
     assert httpx.get(guarded.url + "/", timeout=30).status_code == 200
 
 
-def test_more_than_the_token_cap_is_429_naming_max_tokens(guarded):
+def test_more_than_the_cache_holds_is_429_naming_max_tokens(guarded):
     r = post(guarded, n=2, max_tokens=MAX_BATCH_TOKENS)
     assert r.status_code == 429 and r.json()["error"]["param"] == "max_tokens"
     assert str(MAX_BATCH_TOKENS) in r.json()["error"]["message"]
 
 
-def test_more_requests_in_flight_than_the_cap_is_429_with_retry_after(guarded, long_stream):
-    r = post(guarded)
-    assert r.status_code == 429 and r.headers["Retry-After"] == "1"
-    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+def test_more_completions_than_the_batch_rows_is_429_naming_n(guarded):
+    r = post(guarded, n=3)
+    assert r.status_code == 429 and r.json()["error"]["param"] == "n" and "Retry-After" not in r.headers
 
 
-def test_a_client_that_disconnects_stops_its_generation(guarded, long_stream):
-    long_stream.close()
-    assert accepted_after_disconnect(guarded)
+def test_past_the_batch_rows_requests_wait_and_past_the_queue_they_get_429_with_retry_after(guarded):
+    with ThreadPoolExecutor(2) as pool:
+        with long_streams(guarded, 2):
+            third, fourth = in_background(pool, guarded, max_tokens=2), in_background(pool, guarded, max_tokens=2)
+            fifth = post(guarded)
+            assert fifth.status_code == 429 and fifth.headers["Retry-After"] == "1"
+            assert fifth.json()["error"]["code"] == "rate_limit_exceeded"
+            assert not third.done() and not fourth.done()  # waiting, not refused
+        # The streams end: the waiting requests are admitted and answered in full.
+        for waited in (third, fourth):
+            r = waited.result(timeout=60)
+            assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
 
 
-def test_a_client_that_disconnects_from_a_plain_call_stops_its_generation(guarded):
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(guarded.api + "/chat/completions", json=body(max_tokens=MAX_BATCH_TOKENS),
-                   headers={"Authorization": f"Bearer {KEY}"}, timeout=3)
-    assert accepted_after_disconnect(guarded)
+def test_a_waiting_client_that_disconnects_leaves_the_queue(guarded):
+    with ThreadPoolExecutor(2) as pool:
+        with long_streams(guarded, 2):
+            with pytest.raises(httpx.ReadTimeout):
+                post(guarded, timeout=2)  # waits in the queue, then leaves
+            time.sleep(1.5)
+            waiting = [in_background(pool, guarded), in_background(pool, guarded)]  # room for both again
+            assert not any(w.done() for w in waiting)
+            assert post(guarded).status_code == 429
+        assert all(w.result(timeout=60).status_code == 200 for w in waiting)
+
+
+def test_a_client_that_disconnects_frees_its_row(guarded):
+    with long_streams(guarded, 2) as (first, _):
+        first.close()
+        assert served_within(guarded, 20)
+
+
+def test_a_client_that_disconnects_from_a_plain_call_frees_its_row(guarded):
+    with long_streams(guarded, 1):
+        with pytest.raises(httpx.ReadTimeout):
+            post(guarded, timeout=3, **ENDLESS)
+        assert served_within(guarded, 20)
 
 
 # --- without a key: loopback only, unless opened (checked in-process: tests cannot call from afar) -----
@@ -139,7 +181,7 @@ def test_a_remote_client_gets_403_in_the_openai_shape_and_the_key_still_applies_
 def test_caps_must_be_positive_integers():
     import app
 
-    assert app.parse_args(["--max-in-flight", "3"]).max_in_flight == 3
-    for bad in (["--max-in-flight", "0"], ["--max-batch-tokens", "many"]):
+    assert app.parse_args(["--max-batch-rows", "3"]).max_batch_rows == 3
+    for bad in (["--max-batch-rows", "0"], ["--max-queue", "-1"], ["--max-batch-tokens", "many"]):
         with pytest.raises(SystemExit):
             app.parse_args(bad)

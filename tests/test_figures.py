@@ -37,9 +37,8 @@ def recorded_step(probs=PROBS, u: float | None = 0.7, seen=(), counts=None, posi
         bias_t = torch.zeros(V)
         for tok, b in params.logit_bias:
             bias_t[tok] = b
-    stages = run_pipeline(logits, SamplerContext(params, seen_t, counts_t, bias_t))
-    uniform = None if params.greedy else torch.tensor([u])
-    tokens, landing = draw(stages[-1][1], uniform)
+    stages = run_pipeline(logits, SamplerContext.of(params, seen_t, counts_t, bias_t))
+    tokens, landing = draw(stages[-1][1], torch.tensor([u], dtype=torch.float64), torch.tensor([params.greedy]))
     rec = record(stages, tokens, landing, k=V)[0]
     tok = int(tokens[0])
     step = Step(index=0, position=position, text=texts[tok], delta=texts[tok], **rec)

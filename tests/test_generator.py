@@ -237,14 +237,11 @@ def test_finished_completions_leave_the_batch():
 
 def test_cancel_stops_within_one_step():
     lm = fake_lm(spread(), LETTERS)
-    calls = []
-
-    def cancel():
-        calls.append(1)
-        return len(calls) >= 3
-
-    gen, steps = run(lm, seed=0, n=2, max_tokens=50, cancel=cancel)
-    assert len(steps) == 2 * 3
+    received = []
+    gen = Generation(lm, PROMPT, SamplingParams.build(seed=0, n=2, max_tokens=50), cancel=lambda: len(received) >= 3)
+    for batch in gen:
+        received.append(batch)
+    assert len(received) == 3
     assert gen.finish_reasons == ["cancelled", "cancelled"]
     assert lm.model.forward_calls == 3  # prefill + two steps; the cancelled step never ran the model
 

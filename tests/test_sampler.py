@@ -20,7 +20,12 @@ def ctx(logits, seen=(), counts=None, bias=None, **knobs):
         seen_mask[:, t] = True
     c = torch.zeros(B, V) if counts is None else torch.tensor([counts], dtype=torch.float32).expand(B, V)
     b = None if bias is None else torch.tensor(bias, dtype=torch.float32)
-    return SamplerContext(SamplingParams.build(**knobs), seen_mask, c, b)
+    return SamplerContext.of(SamplingParams.build(**knobs), seen_mask, c, b)
+
+
+def sample(x, u):
+    """Draw from one row with uniform u."""
+    return draw(x, torch.tensor([u], dtype=torch.float64), torch.tensor([False]))
 
 
 def L(*values):
@@ -208,38 +213,36 @@ def test_pipeline_order_changes_the_result():
 
 
 def test_greedy_draw_is_the_argmax_and_has_no_landing_point():
-    tokens, landing = draw(L(0.0, 2.0, 1.0, -1.0), None)
-    assert tokens.tolist() == [1] and landing is None
+    tokens, landing = draw(L(0.0, 2.0, 1.0, -1.0), torch.zeros(1, dtype=torch.float64), torch.tensor([True]))
+    assert tokens.tolist() == [1] and math.isnan(landing.item())
 
 
-def test_draw_picks_the_token_whose_cdf_band_holds_u():
-    x = probs(0.1, 0.2, 0.3, 0.4)  # vocabulary-order CDF: 0.1, 0.3, 0.6, 1.0
-    for u, expected in [(0.05, 0), (0.15, 1), (0.45, 2), (0.99, 3)]:
-        tokens, _ = draw(x, torch.tensor([u]))
-        assert tokens.item() == expected
+def test_draw_picks_the_token_whose_band_on_the_probability_sorted_cdf_holds_u():
+    x = probs(0.1, 0.2, 0.3, 0.4)  # sorted by probability: 3 [0, .4), 2 [.4, .7), 1 [.7, .9), 0 [.9, 1)
+    for u, expected in [(0.05, 3), (0.45, 2), (0.8, 1), (0.99, 0)]:
+        tokens, landing = sample(x, u)
+        assert tokens.item() == expected and landing.item() == u
 
 
 def test_draw_never_picks_a_removed_token():
     x = L(-INF, 0.0, -INF, -INF)
     for u in [0.0, 0.5, 0.999999]:
-        assert draw(x, torch.tensor([u]))[0].item() == 1
+        assert sample(x, u)[0].item() == 1
 
 
 def test_with_few_survivors_the_draw_walks_the_sorted_cdf_and_lands_at_u():
     x = torch.full((1, 64), -INF)
     x[0, [5, 9, 40]] = torch.tensor([0.2, 0.5, 0.3]).log()  # sorted: 9 [0, .5), 40 [.5, .8), 5 [.8, 1)
     for u, expected in [(0.1, 9), (0.6, 40), (0.9, 5), (0.999999, 5)]:
-        tokens, landing = draw(x, torch.tensor([u]))
+        tokens, landing = sample(x, u)
         assert tokens.item() == expected and landing.item() == pytest.approx(u)
 
 
-def test_draw_landing_lies_in_the_chosen_tokens_band_of_the_sorted_cdf():
-    x = probs(0.1, 0.2, 0.3, 0.4)  # sorted by probability: 3 [0, .4), 2 [.4, .7), 1 [.7, .9), 0 [.9, 1)
-    bands = {3: (0.0, 0.4), 2: (0.4, 0.7), 1: (0.7, 0.9), 0: (0.9, 1.0)}
-    for u in [0.01, 0.2, 0.31, 0.5, 0.65, 0.95]:
-        tokens, landing = draw(x, torch.tensor([u]))
-        lo, hi = bands[tokens.item()]
-        assert lo - 1e-6 <= landing.item() <= hi + 1e-6
+def test_equally_likely_tokens_take_their_bands_in_id_order():
+    x = L(0.0, 1.0, 0.0, 1.0)  # 1 and 3 tie, then 0 and 2: bands 1, 3, 0, 2
+    a, b = math.e / (2 * math.e + 2), 1 / (2 * math.e + 2)
+    for u, expected in [(a / 2, 1), (a * 1.5, 3), (2 * a + b / 2, 0), (1 - b / 2, 2)]:
+        assert sample(x, u)[0].item() == expected
 
 
 # --- properties over random logits ------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_json_schema_output_always_parses_and_validates(lm):
 @pytest.mark.model
 def test_json_object_output_is_an_object(lm):
     gen = run(lm, [{"role": "user", "content": "Give the colour of a banana as JSON."}], T.response_grammar({"type": "json_object"}),
-              temperature=0.7, seed=3, n=4, max_tokens=100)
+              temperature=0.7, seed=3, n=8, max_tokens=100)
     finished = [t for t, r in zip(gen.texts, gen.finish_reasons) if r == "stop"]
     assert finished  # an unbounded object may run out of tokens; the ones that end are objects
     for text in finished:

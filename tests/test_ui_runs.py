@@ -47,8 +47,17 @@ def test_a_random_seed_is_recorded_so_the_run_can_be_repeated(lm):
 
 
 def test_stop_ends_the_run_within_one_step(lm):
-    _, run = finished(lm, SamplingParams.build(max_tokens=50, seed=1), cancel=lambda: True)
+    steps = []
+    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=50, seed=1), "test", cancel=lambda: len(steps) > 0)
+    for run in ui_runs.advance(lm, gen, run, every_s=0.0):
+        steps = run["completions"][0]["steps"]
     assert len(run["completions"][0]["steps"]) == 1
+    assert run["completions"][0]["finish_reason"] == "cancelled"
+
+
+def test_a_stop_before_the_first_token_generates_nothing(lm):
+    _, run = finished(lm, SamplingParams.build(max_tokens=50, seed=1), cancel=lambda: True)
+    assert run["completions"][0]["steps"] == []
     assert run["completions"][0]["finish_reason"] == "cancelled"
 
 

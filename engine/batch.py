@@ -1,0 +1,336 @@
+"""The rows that decode together: one KV cache for rows of different lengths, one forward pass a step.
+
+Ragged rows live in a stock transformers DynamicCache. Rows are right-aligned (left-padded), the way
+generate() pads a batch of prompts, with per-row position ids and a 2D padding mask, so every row writes
+the same cache column each step. A job joins by padding its prefilled cache (or the batch's) on the left
+to the common width and concatenating along the batch; rows that finish are selected out, and columns
+no row uses any more are trimmed from the left. This is TGI's transformers fallback (`CausalLMBatch`
+with its concatenate and filter). Why not a static cache: a DynamicCache needs no capacity chosen in
+advance and works with any model whose layers are plain full-attention layers; models with other cache
+layers (sliding windows, linear attention) still run, one job at a time.
+
+Everything per row (knobs, history, grammar, random numbers) follows the row, so a row's tokens do not
+depend on which other rows share its batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from engine.model import LoadedModel
+from engine.rng import uniform
+from engine.rows import RowState
+from engine.sampler import RowKnobs, SamplerContext, draw, run_pipeline
+from engine.trace import Step, record
+
+if TYPE_CHECKING:
+    from engine.generator import Generation
+
+PREFILL_CHUNK = 512  # prompt tokens per forward pass while a job joins: long prompts cannot stall others
+
+
+@dataclass
+class Row:
+    job: "Generation"
+    index: int  # which of the job's n completions
+    state: RowState
+    position: int  # position in the completion of the token this row draws next
+
+
+@dataclass
+class _Group:
+    """Rows that share a pipeline: the same stage list (constraint or not, sampler_order)."""
+
+    constrained: bool
+    members: list[int]  # batch rows
+    index: torch.Tensor | None  # the same as a tensor; None when the group is the whole batch
+    knobs: RowKnobs
+    record_k: list[int]
+
+
+class Prefill:
+    """A job's prompt (and branch prefix) going through the model in chunks, into a cache of its own."""
+
+    def __init__(self, job: "Generation", chunk: int = PREFILL_CHUNK):
+        self.job, self.chunk = job, chunk
+        self.ids = job.prompt_ids + job.prefix_ids
+        self.done = 0
+        self.cache = None
+        self.logits: torch.Tensor | None = None  # (1, V) once the whole prompt is in
+
+    def advance(self) -> bool:
+        """Run one chunk; True once the whole prompt is in the cache."""
+        lm = self.job.lm
+        piece = self.ids[self.done : self.done + self.chunk]
+        positions = torch.arange(self.done, self.done + len(piece), device=lm.device)[None]
+        with torch.inference_mode():
+            out = forward(lm.model, torch.tensor([piece], device=lm.device), self.cache, position_ids=positions,
+                          logits_to_keep=1)
+        self.cache = cache_of(out)
+        self.done += len(piece)
+        if self.done < len(self.ids):
+            return False
+        self.logits = out.logits[:, -1, :].float()
+        return True
+
+
+class Batch:
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.rows: list[Row] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # (B, W) bool: the cache columns that hold each row's tokens
+        self.length: torch.Tensor | None = None  # (B,) int64: tokens in each row, = its next position id
+        self.logits: torch.Tensor | None = None  # (B, V) float32: next-token logits not yet sampled
+        self.pending: torch.Tensor | None = None  # (B,) tokens drawn but not yet through the model
+        self.seen: torch.Tensor | None = None  # (B, V) bool: in the prompt or the output so far
+        self.counts: torch.Tensor | None = None  # (B, V) float32: times generated so far
+        self.bias: torch.Tensor | None = None  # (B, V) float32 logit_bias; None while no row has one
+        self._groups: list[_Group] | None = None
+
+    @property
+    def width(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def held(self) -> int:
+        """Token slots the cache holds now: rows x width, padding included."""
+        return len(self.rows) * self.width
+
+    @staticmethod
+    def mergeable(cache) -> bool:
+        """Whether rows of this cache can share a batch with other jobs' rows: plain full-attention layers
+        only (a sliding-window or linear-attention layer keeps state that padding would corrupt)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+    def jobs(self) -> list["Generation"]:
+        return list(dict.fromkeys(row.job for row in self.rows))
+
+    # --- joining and leaving ------------------------------------------------------------------------
+
+    def join(self, job: "Generation", cache, logits: torch.Tensor) -> None:
+        """Add the n rows of a prefilled job: `cache` holds its prompt (batch 1), `logits` (1, V) its
+        next-token logits. Joins happen between `advance` and `sample`, when every row has its logits."""
+        assert self.pending is None, "advance the batch before a job joins"
+        n, V, dev = job.params.n, self.lm.vocab_size, self.lm.device
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        L = len(job.prompt_ids) + len(job.prefix_ids)
+        history = torch.tensor(job.prompt_ids + job.prefix_ids, device=dev)
+        seen = torch.zeros(n, V, dtype=torch.bool, device=dev)
+        seen[:, history[history < V]] = True
+        counts = torch.zeros(n, V, dtype=torch.float32, device=dev)
+        for tok in job.prefix_ids:
+            counts[:, tok] += 1
+        mask = torch.ones(n, L, dtype=torch.bool, device=dev)
+        length = torch.full((n,), L, dtype=torch.long, device=dev)
+        rows = [Row(job, i, job.row_state(i), len(job.prefix_ids)) for i in range(n)]
+        logits = logits.expand(n, V)
+        if not self.rows:
+            self.cache, self.mask, self.length, self.logits = cache, mask, length, logits
+            self.seen, self.counts = seen, counts
+            self.bias = None if job.bias is None else job.bias.expand(n, V)
+        else:
+            W = self.width
+            if L < W:
+                _pad_left(cache, W - L)
+                mask = F.pad(mask, (W - L, 0), value=False)
+            elif L > W:
+                _pad_left(self.cache, L - W)
+                self.mask = F.pad(self.mask, (L - W, 0), value=False)
+            for mine, theirs in zip(self.cache.layers, cache.layers):
+                mine.keys = torch.cat([mine.keys, theirs.keys])
+                mine.values = torch.cat([mine.values, theirs.values])
+            self.mask = torch.cat([self.mask, mask])
+            self.length = torch.cat([self.length, length])
+            self.logits = torch.cat([self.logits, logits])
+            self.seen = torch.cat([self.seen, seen])
+            self.counts = torch.cat([self.counts, counts])
+            if self.bias is not None or job.bias is not None:
+                mine = self.bias if self.bias is not None else torch.zeros(len(self.rows), V, device=dev)
+                theirs = job.bias.expand(n, V) if job.bias is not None else torch.zeros(n, V, device=dev)
+                self.bias = torch.cat([mine, theirs])
+        self.rows += rows
+        self._groups = None
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only these rows stay; columns that no row needs any more leave the cache."""
+        if not keep:
+            self.rows = []
+            self._clear()
+            return
+        if len(keep) == len(self.rows):
+            return
+        idx = torch.tensor(keep, device=self.lm.device)
+        self.cache.batch_select_indices(idx)
+        self.mask, self.length = self.mask[idx], self.length[idx]
+        if self.logits is not None:
+            self.logits = self.logits[idx]
+        if self.pending is not None:
+            self.pending = self.pending[idx]
+        self.seen, self.counts = self.seen[idx], self.counts[idx]
+        if self.bias is not None:
+            self.bias = self.bias[idx] if any(self.rows[b].job.bias is not None for b in keep) else None
+        self.rows = [self.rows[b] for b in keep]
+        unused = self.width - int(self.length.max())
+        if unused > 0:
+            _trim_left(self.cache, unused)
+            self.mask = self.mask[:, unused:]
+        self._groups = None
+
+    def drop_stopped(self) -> list["Generation"]:
+        """Rows of jobs asked to stop leave now (finish_reason cancelled, held-back text released).
+        Returns those jobs."""
+        stopped = [job for job in self.jobs() if job.stopping()]
+        if not stopped:
+            return []
+        keep = []
+        for b, row in enumerate(self.rows):
+            if row.job in stopped:
+                row.job.texts[row.index] += row.state.flush()
+                row.job.finish_reasons[row.index] = "cancelled"
+            else:
+                keep.append(b)
+        self._keep(keep)
+        return stopped
+
+    # --- one step -----------------------------------------------------------------------------------
+
+    def step(self) -> tuple[dict["Generation", list[Step]], list["Generation"]]:
+        """One whole step for rows decoding on their own: stopped jobs leave, the last tokens go through
+        the model, every row draws its next token. Returns the steps made for each job and the jobs that
+        ended, stopped ones included."""
+        ended = self.drop_stopped()
+        self.advance()
+        steps, finished = self.sample()
+        return steps, ended + finished
+
+    def advance(self) -> None:
+        """The forward pass for the tokens drawn last step: every row gets its next logits. Lazy (run at
+        the start of the next step, not the end of the last), so a job stopped in between costs nothing."""
+        if self.pending is None or not self.rows:
+            return
+        tokens, self.pending = self.pending, None
+        padded = bool((self.length < self.width).any())
+        self.mask = F.pad(self.mask, (0, 1), value=True)
+        with torch.inference_mode():
+            out = forward(self.lm.model, tokens[:, None], self.cache, position_ids=self.length[:, None],
+                          attention_mask=self.mask if padded else None)
+        self.cache = cache_of(out)
+        self.length = self.length + 1
+        self.logits = out.logits[:, -1, :].float()  # (B, V)
+
+    def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"]]:
+        """Draw a token for every row, record it, and let finished rows leave. Returns the steps made for
+        each job and the jobs whose completions have all finished."""
+        if not self.rows:
+            return {}, []
+        B = len(self.rows)
+        tokens = torch.empty(B, dtype=torch.long, device=self.lm.device)
+        records: list[dict] = [{}] * B
+        for g in self._group_list():
+            self._sample(g, tokens, records)
+
+        steps: dict["Generation", list[Step]] = defaultdict(list)
+        keep = []
+        for b, (row, token) in enumerate(zip(self.rows, tokens.tolist())):
+            job, i = row.job, row.index
+            last = row.position == len(job.prefix_ids) + job.max_tokens - 1
+            text, delta, finish = row.state.feed(token, last)
+            step = Step(index=i, position=row.position, text=text, delta=delta, finish_reason=finish, **records[b])
+            job.completions[i].append(step)
+            job.texts[i] += delta
+            steps[job].append(step)
+            row.position += 1
+            if finish:
+                job.finish_reasons[i] = finish
+            else:
+                keep.append(b)
+        batch = torch.arange(B, device=self.lm.device)
+        self.seen[batch, tokens] = True
+        self.counts[batch, tokens] += 1
+        self.logits = None
+        self._keep(keep)
+        if self.rows:
+            self.pending = tokens[keep] if len(keep) < B else tokens
+        return dict(steps), [job for job in steps if job.done]
+
+    def _group_list(self) -> list[_Group]:
+        if self._groups is None:
+            by_key: dict[tuple, list[int]] = defaultdict(list)
+            for b, row in enumerate(self.rows):
+                by_key[row.job.constrained, row.job.params.sampler_order].append(b)
+            groups = []
+            for (constrained, _), members in by_key.items():
+                params = [self.rows[b].job.params for b in members]
+                index = None if len(members) == len(self.rows) else torch.tensor(members, device=self.lm.device)
+                knobs = RowKnobs.of(params, self.lm.vocab_size, self.lm.device)
+                groups.append(_Group(constrained, members, index, knobs, [p.record_k for p in params]))
+            self._groups = groups
+        return self._groups
+
+    def _sample(self, g: _Group, tokens: torch.Tensor, records: list[dict]) -> None:
+        def rows_of(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if t is None or g.index is None else t[g.index]
+
+        rows = [self.rows[b] for b in g.members]
+        allowed = self._allowed(rows) if g.constrained else None
+        order = rows[0].job.params.sampler_order
+        ctx = SamplerContext(g.knobs, order, rows_of(self.seen), rows_of(self.counts), rows_of(self.bias), allowed)
+        stages = run_pipeline(rows_of(self.logits), ctx, g.constrained)
+        u = torch.tensor([uniform(r.job.seed, r.job.first_index + r.index, r.position) for r in rows], dtype=torch.float64)
+        chosen, landing = draw(stages[-1][1], u, g.knobs.greedy)
+        if g.index is None:
+            tokens.copy_(chosen)
+        else:
+            tokens[g.index] = chosen
+        for b, rec in zip(g.members, record(stages, chosen, landing, g.record_k)):
+            records[b] = rec
+
+    def _allowed(self, rows: list[Row]) -> torch.Tensor | None:
+        V = self.lm.vocab_size
+        masks = [row.state.allowed(V) for row in rows]
+        if all(m is None for m in masks):
+            return None
+        full = torch.ones(V, dtype=torch.bool)
+        return torch.stack([full if m is None else m for m in masks]).to(self.lm.device)
+
+
+def _pad_left(cache, n: int) -> None:
+    for layer in cache.layers:
+        layer.keys = F.pad(layer.keys, (0, 0, n, 0))  # (B, H, T, D): n zero columns before T
+        layer.values = F.pad(layer.values, (0, 0, n, 0))
+
+
+def _trim_left(cache, n: int) -> None:
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, n:]
+        layer.values = layer.values[:, :, n:]
+
+
+_CACHE_KW: dict[int, str] = {}
+
+
+def forward(model, input_ids, cache, **kw):
+    # transformers 5 renames past_key_values= to cache=; speak whichever this version takes.
+    key = _CACHE_KW.get(id(type(model)))
+    if key is None:
+        names = inspect.signature(model.forward).parameters
+        key = "cache" if "cache" in names else "past_key_values"
+        _CACHE_KW[id(type(model))] = key
+    return model(input_ids=input_ids, use_cache=True, **{key: cache}, **kw)
+
+
+def cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

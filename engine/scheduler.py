@@ -1,0 +1,217 @@
+"""One decode loop per model, shared by everyone: continuous batching with a bounded queue.
+
+    scheduler = Scheduler(lm, Limits(max_rows=128, max_tokens=65536, max_queue=256))
+    ticket = scheduler.submit(generation)          # may raise Refused (queue full, or too large ever to run)
+    for steps in ticket: ...                       # the same Steps iterating the generation alone gives
+    ticket.ahead                                   # jobs before it in the queue; 0 once it runs
+
+A background thread runs the loop. Each turn it admits waiting jobs first-in first-out while the batch
+has room (rows in flight, token slots in the KV cache), prefills one chunk of the oldest joining job,
+and then runs one step for every row in the batch: one forward pass, one sampler pipeline with per-row
+knobs, one recorder. Each job gets its own Steps; finished and stopped rows leave at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from engine.batch import PREFILL_CHUNK, Batch, Prefill
+from engine.generator import Generation
+from engine.model import LoadedModel
+from engine.trace import Step
+
+END = object()  # delivered after a job's last steps
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int = 128  # rows decoding at once (a request of n completions takes n)
+    max_tokens: int = 65536  # token slots the batch's KV cache may hold at admission, padding included
+    max_queue: int = 256  # jobs waiting for room; past it, submit refuses
+    prefill_chunk: int = PREFILL_CHUNK
+
+
+class Refused(Exception):
+    """The job cannot be queued: the queue is full (retry later), or it is larger than the limits."""
+
+    def __init__(self, message: str, param: str | None = None, retry: bool = False):
+        super().__init__(message)
+        self.message, self.param, self.retry = message, param, retry
+
+
+class Ticket:
+    """A submitted job: its steps as they are made, its place in the queue, and how to stop it."""
+
+    def __init__(self, job: Generation, listener: Callable[[Any], None] | None):
+        self.job = job
+        self.ahead = 0  # jobs before it in the queue; 0 once admitted
+        self.admitted = threading.Event()
+        self._items: queue.Queue = queue.Queue()
+        self._listener = listener or self._items.put
+
+    def deliver(self, item: Any) -> None:
+        """A list of Steps, an exception, or END (after the last steps)."""
+        self._listener(item)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item, or None when none came within `timeout` (only without a listener)."""
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def __iter__(self) -> Iterator[list[Step]]:
+        while (item := self._items.get()) is not END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        self.job.stop()
+
+
+class Scheduler:
+    def __init__(self, lm: LoadedModel, limits: Limits = Limits()):
+        self.lm, self.limits = lm, limits
+        self.batch = Batch(lm)
+        self._waiting: deque[Ticket] = deque()
+        self._joining: deque[tuple[Ticket, Prefill]] = deque()
+        self._running: dict[Generation, Ticket] = {}
+        self._mergeable: bool | None = None  # whether this model's cache lets jobs share a batch
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # --- what callers see ----------------------------------------------------------------------------
+
+    def submit(self, job: Generation, listener: Callable[[Any], None] | None = None) -> Ticket:
+        """Queue a job. `listener`, when given, receives each item (a list of Steps, an exception, then
+        END) on the loop's thread; without one, iterate the ticket."""
+        n, prompt = job.params.n, len(job.prompt_ids) + len(job.prefix_ids)
+        lim = self.limits
+        if n > lim.max_rows:
+            raise Refused(f"n = {n} completions is more than this server decodes at once ({lim.max_rows} rows); lower n.", "n")
+        if n * prompt > lim.max_tokens:
+            raise Refused(f"n x prompt = {n} x {prompt} = {n * prompt} tokens is more than this server's KV cache holds "
+                          f"({lim.max_tokens}); shorten the prompt or lower n.", "messages")
+        wanted = job.params.max_tokens
+        if wanted is not None and n * (prompt + job.max_tokens) > lim.max_tokens:
+            total = n * (prompt + job.max_tokens)
+            raise Refused(f"n x (prompt + max_tokens) = {n} x ({prompt} + {job.max_tokens}) = {total} tokens is more than "
+                          f"this server's KV cache holds ({lim.max_tokens}); lower n or max_tokens.", "max_tokens")
+        ticket = Ticket(job, listener)
+        with self._cv:
+            if self._closed:
+                raise Refused("the server is shutting down", retry=True)
+            if len(self._waiting) >= lim.max_queue:
+                raise Refused(f"{len(self._waiting)} requests are already waiting for this model (the queue holds "
+                              f"{lim.max_queue}); retry shortly.", retry=True)
+            ticket.ahead = len(self._waiting)
+            self._waiting.append(ticket)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"decode:{self.lm.name}", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return ticket
+
+    def run(self, job: Generation) -> Iterator[list[Step]]:
+        """Submit and iterate: the steps of `job`, computed in the shared batch."""
+        return iter(self.submit(job))
+
+    def stats(self) -> dict[str, int]:
+        with self._cv:
+            return {"rows": len(self.batch.rows), "waiting": len(self._waiting), "joining": len(self._joining),
+                    "held_tokens": self.batch.held()}
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not (self._waiting or self._joining or self.batch.rows):
+                    self._cv.wait()
+                if self._closed:
+                    self._fail_all(RuntimeError("the server is shutting down"))
+                    return
+                self._admit()
+            try:
+                self._turn()
+            except Exception as e:  # a model error ends the jobs it touched, never the loop
+                traceback.print_exc()
+                self._fail_all(e, waiting=False)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into the batch, oldest first, while they fit. Called with the lock held."""
+        for ticket in [t for t in self._waiting if t.job.stopping()]:  # a client that left while waiting
+            self._waiting.remove(ticket)
+            ticket.job.finish_reasons = [r or "cancelled" for r in ticket.job.finish_reasons]
+            ticket.deliver(END)
+        while self._waiting and self._fits(self._waiting[0].job):
+            ticket = self._waiting.popleft()
+            ticket.ahead = 0
+            ticket.admitted.set()
+            self._joining.append((ticket, Prefill(ticket.job, self.limits.prefill_chunk)))
+        for k, ticket in enumerate(self._waiting):
+            ticket.ahead = k
+
+    def _fits(self, job: Generation) -> bool:
+        batch, lim = self.batch, self.limits
+        joining = [p.job for _, p in self._joining]
+        if not batch.rows and not joining:
+            return True  # alone, it was checked against the limits when submitted
+        if not self._mergeable:  # unknown until a first prompt is in, or this model's cache cannot mix jobs
+            return False
+        rows = len(batch.rows) + sum(j.params.n for j in joining) + job.params.n
+        width = max([batch.width] + [len(j.prompt_ids) + len(j.prefix_ids) for j in [*joining, job]])
+        return rows <= lim.max_rows and rows * width <= lim.max_tokens
+
+    def _turn(self) -> None:
+        for job in self.batch.drop_stopped():
+            self._end(self._running.pop(job))
+        self.batch.advance()
+        if self._joining:
+            ticket, prefill = self._joining[0]
+            if ticket.job.stopping():
+                self._joining.popleft()
+                self._end(ticket, cancelled=True)
+            elif prefill.advance():
+                self._joining.popleft()
+                if self._mergeable is None:
+                    self._mergeable = Batch.mergeable(prefill.cache)
+                self.batch.join(ticket.job, prefill.cache, prefill.logits)
+                self._running[ticket.job] = ticket
+        steps, ended = self.batch.sample()
+        for job, made in steps.items():
+            self._running[job].deliver(made)
+        for job in ended:
+            self._end(self._running.pop(job))
+        with self._cv:
+            self._admit()
+
+    def _end(self, ticket: Ticket, cancelled: bool = False) -> None:
+        if cancelled:
+            ticket.job.finish_reasons = [r or "cancelled" for r in ticket.job.finish_reasons]
+        ticket.deliver(END)
+
+    def _fail_all(self, error: Exception, waiting: bool = True) -> None:
+        tickets = [t for t, _ in self._joining] + list(self._running.values()) + (list(self._waiting) if waiting else [])
+        self._joining.clear()
+        self._running.clear()
+        if waiting:
+            self._waiting.clear()
+        self.batch = Batch(self.lm)
+        for ticket in tickets:
+            ticket.deliver(error)
+            ticket.deliver(END)
