@@ -64,9 +64,5 @@ class RowState:
     def flush(self) -> str:
         """Release everything held back: bytes of an unfinished character and text that might have begun a
         stop sequence. Called whenever a completion ends other than by a stop sequence (cancel included)."""
-        pending = self.decoder.flush()
-        if pending:
-            delta, hit = self.stops.feed(pending)
-            if hit:
-                return delta
-        return self.stops.flush()
+        delta, hit = self.stops.feed(self.decoder.flush())
+        return delta if hit else delta + self.stops.flush()

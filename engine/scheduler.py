@@ -108,6 +108,7 @@ class Scheduler:
         with self._cv:
             if self._closed:
                 raise Refused("the server is shutting down", retry=True)
+            self._drop_left()
             if len(self._waiting) >= lim.max_queue:
                 raise Refused(f"{len(self._waiting)} requests are already waiting for this model (the queue holds "
                               f"{lim.max_queue}); retry shortly.", retry=True)
@@ -152,12 +153,15 @@ class Scheduler:
                 traceback.print_exc()
                 self._fail_all(e, waiting=False)
 
+    def _drop_left(self) -> None:
+        """Waiting jobs whose clients left (or that were cancelled) leave the queue. With the lock held."""
+        for ticket in [t for t in self._waiting if t.job.stopping()]:
+            self._waiting.remove(ticket)
+            self._end(ticket, cancelled=True)
+
     def _admit(self) -> None:
         """Move waiting jobs into the batch, oldest first, while they fit. Called with the lock held."""
-        for ticket in [t for t in self._waiting if t.job.stopping()]:  # a client that left while waiting
-            self._waiting.remove(ticket)
-            ticket.job.finish_reasons = [r or "cancelled" for r in ticket.job.finish_reasons]
-            ticket.deliver(END)
+        self._drop_left()
         while self._waiting and self._fits(self._waiting[0].job):
             ticket = self._waiting.popleft()
             ticket.ahead = 0
@@ -188,10 +192,10 @@ class Scheduler:
                 self._end(ticket, cancelled=True)
             elif prefill.advance():
                 self._joining.popleft()
+                self._running[ticket.job] = ticket  # first, so a failure below still reaches it
                 if self._mergeable is None:
                     self._mergeable = Batch.mergeable(prefill.cache)
                 self.batch.join(ticket.job, prefill.cache, prefill.logits)
-                self._running[ticket.job] = ticket
         steps, ended = self.batch.sample()
         for job, made in steps.items():
             self._running[job].deliver(made)

@@ -122,6 +122,34 @@ def explain_divergence(a: list[Step], b: list[Step], texts: dict[int, str], name
     )
     both_possible = removed_by(sa, sb["token_id"]) is None and removed_by(sb, sa["token_id"]) is None
     if both_possible and sa["draw"] is not None and sb["draw"] is not None:
-        text += (" With the same seed both runs drew the same random number; the settings reshaped the "
-                 "distribution, so it fell on different tokens.")
+        text += " " + _why_the_draws_differ(sa, sb)
     return text
+
+
+def _why_the_draws_differ(sa: Step, sb: Step) -> str:
+    """Both tokens were possible in both runs and both drew: was it the random number or a stage?"""
+    if abs(sa["draw"] - sb["draw"]) > 1e-9:
+        return (f"The runs drew different random numbers ({sa['draw']:.3f} and {sb['draw']:.3f}): a different seed, "
+                f"or a different completion of the same seed.")
+    stage = changed_stage(sa, sb, (sa["token_id"], sb["token_id"]))
+    if stage == "raw":
+        return ("Both runs drew the same random number, but the model's own probabilities already differed a little "
+                "(a batch of another shape changes the low bits of its arithmetic), so it fell on different tokens.")
+    what = f"{STAGE_LABELS[stage]} reshaped the distribution differently" if stage else "the settings reshaped the distribution"
+    return f"Both runs drew the same random number ({sa['draw']:.3f}); {what}, so it fell on different tokens."
+
+
+def changed_stage(sa: Step, sb: Step, ids: tuple[int, ...]) -> str | None:
+    """The first stage, in A's order, after which one of these tokens has another probability in B
+    (None if no recorded probability tells them apart)."""
+    names_b = [st["name"] for st in sb["stages"]]
+    prob_a = {t: candidate_probs(sa, t) for t in ids}
+    prob_b = {t: candidate_probs(sb, t) for t in ids}
+    for s, st in enumerate(sa["stages"]):
+        if st["name"] not in names_b:
+            return st["name"]  # a stage only A ran (the constraint)
+        t_b = names_b.index(st["name"])
+        for t in ids:
+            if prob_a[t] is not None and prob_b[t] is not None and abs(prob_a[t][s] - prob_b[t][t_b]) > 5e-6:
+                return st["name"]
+    return None

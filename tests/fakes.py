@@ -37,6 +37,11 @@ class FakeTokenizer:
     def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, return_dict=True, **kw):
+        """A plain template: the contents one after another, then the assistant's turn (<p>)."""
+        ids = [i for m in messages for i in self.encode(m["content"] or "")] + [1]
+        return {"input_ids": ids}
+
     def convert_ids_to_tokens(self, i):
         return self.pieces[i].decode("latin-1")
 

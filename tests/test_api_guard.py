@@ -178,6 +178,25 @@ def test_a_remote_client_gets_403_in_the_openai_shape_and_the_key_still_applies_
     assert keyed.get("/v1/nowhere", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
 
 
+def test_a_plain_request_to_a_long_context_model_is_served_under_the_default_caps():
+    import torch
+
+    from playground.models import ModelHost
+    from tests.fakes import EOS, fake_lm
+
+    def says_bc(history):  # after the assistant's turn (<p>, id 1): "b", "c", then the end
+        said = len(history) - history.index(1) - 1
+        out = torch.full((8,), -20.0)
+        out[[3, 4][said] if said < 2 else EOS] = 0.0
+        return out
+
+    lm = fake_lm(says_bc, [b"<eos>", b"<p>", b"a", b"b", b"c", b"d", b"e", b"f"], context_length=131072)
+    api = TestClient(create_api(ModelHost(lm), ApiSettings()))
+    r = api.post("/v1/chat/completions", json={"model": "fake", "messages": [{"role": "user", "content": "abc"}]})
+    assert r.status_code == 200, r.json()
+    assert r.json()["choices"][0]["message"]["content"] == "bc"
+
+
 def test_caps_must_be_positive_integers():
     import app
 

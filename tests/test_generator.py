@@ -266,3 +266,55 @@ def test_a_512_token_trace_stays_small_whatever_the_vocabulary():
                      repetition_penalty=1.2, logit_bias={"5": 3}, max_tokens=512)
     assert len(steps) == 512
     assert len(pickle.dumps(gen.completions)) < 5 * 2**20
+
+
+# --- the seed contract ------------------------------------------------------------------------
+
+
+def test_completion_i_is_the_same_whatever_n_is():
+    lm = fake_lm(history_model(), LETTERS)
+    knobs = dict(seed=21, temperature=1.2, top_p=0.9, max_tokens=12)
+    by_n = {n: run(lm, n=n, **knobs)[0] for n in (1, 2, 5)}
+    for i in range(5):
+        same = [tokens(gen, i) for n, gen in by_n.items() if i < n]
+        assert all(t == same[0] for t in same), f"completion {i}"
+
+
+def test_a_generation_can_continue_another_completions_random_numbers():
+    lm = fake_lm(history_model(), LETTERS)
+    knobs = dict(seed=4, temperature=1.1, max_tokens=10)
+    third = tokens(run(lm, n=3, **knobs)[0], 2)
+    gen = Generation(lm, PROMPT, SamplingParams.build(**knobs), first_index=2)
+    for _ in gen:
+        pass
+    assert tokens(gen) == third
+
+
+# --- nothing generated is lost when a completion ends early -------------------------------------
+
+
+def stopped_after(lm, steps_wanted, **knobs):
+    received = []
+    gen = Generation(lm, PROMPT, SamplingParams.build(**knobs), cancel=lambda: len(received) >= steps_wanted)
+    for batch in gen:
+        received.extend(batch)
+    return gen, received
+
+
+def test_cancel_after_a_partial_stop_match_keeps_the_held_text():
+    lm = fake_lm(script([2, 3, 4], len(WORDS)), WORDS)
+    gen, steps = stopped_after(lm, 2, temperature=0, stop=["lo!"])  # "lo" may begin "lo!": held back
+    assert "".join(s.delta for s in steps) == "Hel"
+    assert gen.texts[0] == "Hello" and gen.finish_reasons == ["cancelled"]
+
+
+def test_cancel_after_half_a_character_keeps_its_bytes_as_a_replacement_mark():
+    lm = fake_lm(script([2, 7, 8], len(WORDS)), WORDS)
+    gen, _ = stopped_after(lm, 2, temperature=0)  # "Hel" then the first byte of "é"
+    assert gen.texts[0] == "Hel\ufffd" and gen.finish_reasons == ["cancelled"]
+
+
+def test_length_after_half_a_character_keeps_its_bytes():
+    lm = fake_lm(script([2, 7, 8], len(WORDS)), WORDS)
+    gen, steps = run(lm, temperature=0, max_tokens=2)
+    assert gen.texts[0] == "".join(s.delta for s in steps) == "Hel\ufffd"

@@ -37,13 +37,29 @@ def test_divergence_blames_the_stage_that_removed_the_other_token():
     assert "In B, '␣Paris' was still possible (p = 0.500); the random draw landed at 0.700" in text
 
 
-def test_divergence_with_both_tokens_possible_is_the_draw():
+def test_divergence_with_both_tokens_possible_and_the_same_uniform_names_the_stage():
     a = [recorded_step(u=0.6, temperature=0.5)[0]]  # Paris (0.685 of the mass)
     b = [recorded_step(u=0.6, temperature=1.5)[0]]  # London (CDF 0.42 -> 0.72)
     text = ui_records.explain_divergence(a, b, TEXTS)
     assert text.startswith("The texts part at the first token")
-    assert text.endswith("With the same seed both runs drew the same random number; the settings reshaped the "
-                         "distribution, so it fell on different tokens.")
+    assert text.endswith("Both runs drew the same random number (0.600); temperature reshaped the distribution "
+                         "differently, so it fell on different tokens.")
+
+
+def test_divergence_with_different_uniforms_says_so_and_blames_no_stage():
+    a = [recorded_step(u=0.1)[0]]  # Paris
+    b = [recorded_step(u=0.7)[0]]  # London, same settings
+    text = ui_records.explain_divergence(a, b, TEXTS)
+    assert text.endswith("The runs drew different random numbers (0.100 and 0.700): a different seed, "
+                         "or a different completion of the same seed.")
+    assert "reshaped" not in text
+
+
+def test_divergence_with_the_same_uniform_and_the_same_settings_blames_the_raw_probabilities():
+    a = [recorded_step(u=0.47)[0]]  # Paris: its band is [0, 0.5)
+    b = [recorded_step(u=0.47, probs=[0.45, 0.25, 0.2, 0.1])[0]]  # the model itself moved a little: London
+    text = ui_records.explain_divergence(a, b, TEXTS)
+    assert "the model's own probabilities already differed" in text
 
 
 def test_a_run_that_ends_earlier_diverges_where_it_ended():
