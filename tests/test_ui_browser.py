@@ -6,40 +6,17 @@ read the inspector. Screenshots land in test-artifacts/ for a human to look at.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.server]
-sync_api = pytest.importorskip("playwright.sync_api")
+from tests.browser import ARTIFACTS, GENERATION_TIMEOUT_MS, fill, open_page
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-GENERATION_TIMEOUT_MS = 120_000  # a busy 2-core CI machine can be slow; a healthy run takes seconds
+pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh --test installs Debian's chromium")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url)
-        page.wait_for_selector("#generate")
+    with open_page(server.url) as page:
         yield page
-        browser.close()
-        assert not errors, f"JavaScript errors on the page: {errors}"
-
-
-def fill(page, elem_id: str, text: str) -> None:
-    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=text]").first
-    box.fill(text)
-    box.blur()
 
 
 def test_generate_click_a_token_and_inspect_it(page):
