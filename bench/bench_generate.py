@@ -9,6 +9,7 @@ rounds so the machine's noise hits both alike. Prints tokens/s and ratios; asser
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import sys
 import time
@@ -58,6 +59,49 @@ def trace_memory(lm, ids, tokens=512):
     return gen.completion_tokens, retained, peak, len(pickle.dumps(gen.completions))
 
 
+def record_peak(lm, rows: int = 128, steps: int = 3) -> tuple[float, float]:
+    """Peak extra resident memory (MiB) while one step of `rows` rows is recorded with every stage on,
+    and the time it takes (ms). Torch's CPU tensors are invisible to tracemalloc, so a thread samples the
+    process's resident set while record() runs."""
+    import threading
+
+    from engine.sampler import SamplerContext, draw, run_pipeline
+    from engine.trace import record
+
+    V = lm.vocab_size
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, V, generator=g) * 3
+    params = SamplingParams.build(**KNOBS, presence_penalty=0.3, frequency_penalty=0.3)
+    seen = torch.zeros(rows, V, dtype=torch.bool)
+    seen[:, :200] = True
+    ctx = SamplerContext.of(params, seen, torch.zeros(rows, V))
+    stages = run_pipeline(logits, ctx)
+    tokens, landing = draw(stages[-1][1], torch.rand(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.bool))
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+
+    record(stages, tokens, landing, 20)  # warm-up: allocator caches
+    base = rss()
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    start = time.perf_counter()
+    for _ in range(steps):
+        record(stages, tokens, landing, 20)
+    seconds = (time.perf_counter() - start) / steps
+    done.set()
+    watcher.join()
+    return max(0, peak[0] - base) / 2**20, seconds * 1e3
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
@@ -85,6 +129,8 @@ def main():
         if not args.skip_memory and dtype == "auto":
             n_tok, retained, peak, pickled = trace_memory(lm, ids)
             print(f"  trace of {n_tok} tokens: {retained / 2**20:.2f} MiB retained (peak {peak / 2**20:.2f} MiB of Python/numpy allocations), {pickled / 2**20:.2f} MiB pickled")
+            extra, ms = record_peak(lm)
+            print(f"  recording one step of n=128 rows (every stage on): peak {extra:.0f} MiB above the process's resident set, {ms:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from engine import attention
 from engine.model import LoadedModel
 from engine.rng import uniform
 from engine.rows import RowState
@@ -90,6 +91,7 @@ class Batch:
         self.cache = None
         self.mask: torch.Tensor | None = None  # (B, W) bool: the cache columns that hold each row's tokens
         self.length: torch.Tensor | None = None  # (B,) int64: tokens in each row, = its next position id
+        self._lengths: list[int] = []  # the same on the host
         self.logits: torch.Tensor | None = None  # (B, V) float32: next-token logits not yet sampled
         self.pending: torch.Tensor | None = None  # (B,) tokens drawn but not yet through the model
         self.seen: torch.Tensor | None = None  # (B, V) bool: in the prompt or the output so far
@@ -136,10 +138,12 @@ class Batch:
         length = torch.full((n,), L, dtype=torch.long, device=dev)
         rows = [Row(job, i, job.row_state(i), len(job.prefix_ids)) for i in range(n)]
         logits = logits.expand(n, V)
+        bias = job.dense_bias()
+        self._lengths += [L] * n
         if not self.rows:
             self.cache, self.mask, self.length, self.logits = cache, mask, length, logits
             self.seen, self.counts = seen, counts
-            self.bias = None if job.bias is None else job.bias.expand(n, V)
+            self.bias = None if bias is None else bias.expand(n, V)
         else:
             W = self.width
             if L < W:
@@ -156,9 +160,9 @@ class Batch:
             self.logits = torch.cat([self.logits, logits])
             self.seen = torch.cat([self.seen, seen])
             self.counts = torch.cat([self.counts, counts])
-            if self.bias is not None or job.bias is not None:
+            if self.bias is not None or bias is not None:
                 mine = self.bias if self.bias is not None else torch.zeros(len(self.rows), V, device=dev)
-                theirs = job.bias.expand(n, V) if job.bias is not None else torch.zeros(n, V, device=dev)
+                theirs = bias.expand(n, V) if bias is not None else torch.zeros(n, V, device=dev)
                 self.bias = torch.cat([mine, theirs])
         self.rows += rows
         self._groups = None
@@ -180,9 +184,10 @@ class Batch:
             self.pending = self.pending[idx]
         self.seen, self.counts = self.seen[idx], self.counts[idx]
         if self.bias is not None:
-            self.bias = self.bias[idx] if any(self.rows[b].job.bias is not None for b in keep) else None
+            self.bias = self.bias[idx] if any(self.rows[b].job.params.logit_bias for b in keep) else None
         self.rows = [self.rows[b] for b in keep]
-        unused = self.width - int(self.length.max())
+        self._lengths = [self._lengths[b] for b in keep]
+        unused = self.width - max(self._lengths)
         if unused > 0:
             _trim_left(self.cache, unused)
             self.mask = self.mask[:, unused:]
@@ -221,13 +226,19 @@ class Batch:
         if self.pending is None or not self.rows:
             return
         tokens, self.pending = self.pending, None
-        padded = bool((self.length < self.width).any())
         self.mask = F.pad(self.mask, (0, 1), value=True)
+        ragged = attention.groups([n + 1 for n in self._lengths]) if len(self.rows) > 1 else None
+        if ragged is None:  # every row as long as the cache: no padding at all
+            padding = {}
+        elif self.lm.ragged_attention:  # each row attends to its own columns only, exactly as alone
+            padding = {"ragged_rows": ragged}
+        else:
+            padding = {"attention_mask": self.mask}
         with torch.inference_mode():
-            out = forward(self.lm.model, tokens[:, None], self.cache, position_ids=self.length[:, None],
-                          attention_mask=self.mask if padded else None)
+            out = forward(self.lm.model, tokens[:, None], self.cache, position_ids=self.length[:, None], **padding)
         self.cache = cache_of(out)
         self.length = self.length + 1
+        self._lengths = [n + 1 for n in self._lengths]
         self.logits = out.logits[:, -1, :].float()  # (B, V)
 
     def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"]]:

@@ -63,7 +63,7 @@ class Generation:
         self.thinking = thinking
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.max_tokens = self._fit_length()
-        self.bias = self._dense_bias()
+        self._check_bias()
         n = params.n
         self.matchers = grammar.start(lm, n) if grammar is not None else None  # ParamError for a bad grammar
         self.thinks = [thinking.start() for _ in range(n)] if thinking else None
@@ -120,16 +120,21 @@ class Generation:
             )
         return min(wanted, room)
 
-    def _dense_bias(self) -> torch.Tensor | None:
-        if not self.params.logit_bias:
-            return None
+    def _check_bias(self) -> None:
         V = self.lm.vocab_size
-        bias = torch.zeros(V, dtype=torch.float32)
-        for token, value in self.params.logit_bias:
+        for token, _ in self.params.logit_bias:
             if token >= V:
                 raise ParamError("logit_bias", f"logit_bias token id {token} is outside the vocabulary [0, {V - 1}]")
-            bias[token] = value
-        return bias.to(self.lm.device)
+
+    def dense_bias(self) -> torch.Tensor | None:
+        """(V,) float32 logit_bias on the model's device, None without one. Built by the decode loop's
+        thread, where all tensor work happens (see engine/scheduler.py on OpenMP)."""
+        if not self.params.logit_bias:
+            return None
+        bias = torch.zeros(self.lm.vocab_size, dtype=torch.float32, device=self.lm.device)
+        ids, values = zip(*self.params.logit_bias)
+        bias[list(ids)] = torch.tensor(values, dtype=torch.float32, device=self.lm.device)
+        return bias
 
     def row_state(self, i: int) -> RowState:
         return RowState(self.lm.tokenizer, self.lm.eos_ids, self.params.stop, self.thinks[i] if self.thinks else None,

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class LoadedModel:
     context_length: int
     eos_ids: frozenset[int]
     vocab_size: int  # width of the logits, which may exceed len(tokenizer)
+    ragged_attention: bool = False  # rows of different lengths attend exactly as alone (engine/attention.py)
     load_seconds: float = 0.0
     source: str = ""  # where the weights came from, for the UI and the README's timings
     _texts: dict[int, str] = field(default_factory=dict, repr=False)
@@ -137,7 +139,27 @@ def load_model(
     dtype: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> LoadedModel:
-    """Load `name` (Hub id or folder); None or DEFAULT_MODEL means the embedded SmolLM2 when installed."""
+    """Load `name` (Hub id or folder); None or DEFAULT_MODEL means the embedded SmolLM2 when installed.
+
+    The work runs in a thread of its own that ends with it: a long-lived caller (the server's main
+    thread, a UI worker) must not keep an OpenMP pool beside the decode loop's (engine/scheduler.py)."""
+    result: list = []
+
+    def load() -> None:
+        try:
+            result.append(_load(name, device, dtype, progress))
+        except BaseException as e:  # handed back to the caller's thread
+            result.append(e)
+
+    worker = threading.Thread(target=load, name="load-model")
+    worker.start()
+    worker.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _load(name: str | None, device: str, dtype: str, progress: Callable[[str], None] | None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -184,6 +206,8 @@ def _embedded_folder(gguf: Path, say: Callable[[str], None]) -> Path:
 
 
 def _wrap(model, tokenizer, name, dev, dt, seconds, source) -> LoadedModel:
+    from engine import attention
+
     config = model.config
     eos = set()
     for cfg in (getattr(model, "generation_config", None), config):
@@ -201,6 +225,7 @@ def _wrap(model, tokenizer, name, dev, dt, seconds, source) -> LoadedModel:
         context_length=int(ctx),
         eos_ids=frozenset(eos),
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        ragged_attention=attention.install(model),
         load_seconds=seconds,
         source=source,
     )

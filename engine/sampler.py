@@ -36,7 +36,8 @@ import torch
 from engine.knobs import SamplingParams
 
 NEG_INF = float("-inf")
-FLOAT32_MAX = torch.finfo(torch.float32).max
+# Temperatures from here up divide float32 logits without overflow (|logit| stays far below 1e8).
+TINY_TEMPERATURE = 1e-30
 # Below this many survivors a stage or the draw works on the survivors only, never on the vocabulary.
 COMPACT = 4096
 # With more survivors the draw first walks the HEAD most likely tokens and sorts the whole row only when
@@ -132,17 +133,15 @@ def temperature(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     k = ctx.knobs
     if "temperature" not in k.on:
         return logits
-    x = logits.double()
-    t = torch.where(k.greedy[:, None], 1.0, k.temperature)
-    out = x / t  # exact: no floor on t
-    # A tiny t can push a finite logit past float32's range; then that row is shifted by its maximum
-    # first, which softmax cannot see, and (x - max) / t only ever overflows toward -inf.
-    finite = torch.isfinite(x)
-    overflow = ((out.abs() > FLOAT32_MAX) & finite).any(dim=-1, keepdim=True)  # (B, 1)
-    if bool(overflow.any()):
-        top = x.masked_fill(~finite, NEG_INF).amax(dim=-1, keepdim=True)
-        out = torch.where(overflow, (x - top) / t, out)
-    out = out.float()
+    t = k.temperature  # (B, 1) float64
+    out = logits / t.clamp(min=TINY_TEMPERATURE).float()  # exact: no floor on t; greedy rows are replaced below
+    tiny = ((t < TINY_TEMPERATURE) & ~k.greedy[:, None]).squeeze(1)
+    if bool(tiny.any()):
+        # Below float32's normal range a division can overflow: such a row is shifted by its maximum first,
+        # which softmax cannot see, and divided in float64; (x - max) / t only ever overflows toward -inf.
+        x = logits[tiny].double()
+        top = x.masked_fill(~torch.isfinite(x), NEG_INF).amax(dim=-1, keepdim=True)
+        out[tiny] = ((x - top) / t[tiny]).float()
     if bool(k.greedy.any()):
         # Greedy by an explicit argmax (ties to the lower id), never a division by a tiny number.
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -266,28 +265,49 @@ def draw(final: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor) -> tuple[to
         return tokens, landing
     x = final if len(sampled) == B else final[sampled]
     uu = u.to(torch.float64).cpu()[sampled].to(x.device)[:, None]  # (b, 1)
-    probs = torch.softmax(x.double(), dim=-1)  # (b, V), row by row
-    alive = _alive(x)
-    m = min(V, alive if alive <= COMPACT else HEAD)
-    head, ids = canonical_head(probs, x, m)
-    cdf = head.cumsum(dim=-1)
-    at = torch.searchsorted(cdf, uu, right=True)  # first place whose cumulative mass exceeds u
-    # A head that holds all of a row's survivors (or whose smallest probability is 0) is the row's whole
-    # canonical order. Otherwise its first tokens, those above its smallest probability, are exactly the
-    # first tokens of that order, so a landing among them is final too.
-    smallest = head[:, -1:]
-    whole = (torch.isfinite(x).sum(dim=-1, keepdim=True) <= m) | (smallest == 0)
-    exact = whole | (at < (head > smallest).sum(dim=-1, keepdim=True))
-    # Rounding can leave u past the last positive band: stay on that band.
-    at = torch.minimum(at, (head > 0).sum(dim=-1, keepdim=True) - 1)
-    chosen = ids.gather(1, at).squeeze(1)
-    for r in (~exact.squeeze(1)).nonzero().squeeze(1).tolist():
-        # The uniform fell past the head: walk this row's whole sorted distribution.
-        row, order = probs[r].sort(descending=True, stable=True)
-        full = torch.searchsorted(row.cumsum(0), uu[r], right=True)
-        full = torch.minimum(full, (row > 0).sum(dim=0, keepdim=True) - 1)
-        chosen[r] = order[full[0]]
+    alive = torch.isfinite(x).sum(dim=-1)  # (b,)
+    # Each row takes the path its own survivor count picks, never its neighbours'.
+    few = (alive <= COMPACT).tolist()
+    chosen = torch.empty(len(sampled), dtype=torch.long, device=x.device)
+    for rows, walk in ((_rows(few, True), _walk_survivors), (_rows(few, False), _walk_vocabulary)):
+        if rows:
+            idx = torch.tensor(rows, device=x.device)
+            chosen[idx] = walk(x[idx], uu[idx], int(alive[idx].max()))
     tokens = tokens.clone()
     tokens[sampled] = chosen.to(tokens.device)
     landing[sampled] = uu.squeeze(1).cpu().clamp(0.0, 1.0)
     return tokens, landing
+
+
+def _rows(flags: list[bool], value: bool) -> list[int]:
+    return [i for i, f in enumerate(flags) if f == value]
+
+
+def _walk_survivors(x: torch.Tensor, u: torch.Tensor, m: int) -> torch.Tensor:
+    """Rows with at most COMPACT survivors: their survivors in the canonical order, masses exp(x - max) in
+    float64 summed one after another, so the walk over a row's own survivors is the same whatever m."""
+    head, ids = canonical_head(x, x, m)  # (b, m) logits descending, ties to the lower id; -inf after
+    mass = torch.exp(head.double() - head[:, :1].double())
+    cdf = mass.cumsum(dim=-1)
+    at = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    # Rounding can leave the target past the last positive band: stay on that band.
+    at = torch.minimum(at, (mass > 0).sum(dim=-1, keepdim=True) - 1)
+    return ids.gather(1, at).squeeze(1)
+
+
+def _walk_vocabulary(x: torch.Tensor, u: torch.Tensor, m: int) -> torch.Tensor:
+    """Rows with many survivors: softmax in float64 (row by row), then the HEAD most likely tokens first;
+    only a uniform that falls past them sorts the whole row."""
+    probs = torch.softmax(x.double(), dim=-1)
+    head, ids = canonical_head(probs, x, min(HEAD, x.shape[-1]))
+    at = torch.searchsorted(head.cumsum(dim=-1), u, right=True)
+    # The head's tokens above its smallest probability are exactly the first tokens of the row's whole
+    # canonical order (ties at the cut may have been split arbitrarily), so a landing among them is final.
+    exact = at < (head > head[:, -1:]).sum(dim=-1, keepdim=True)
+    chosen = ids.gather(1, at.clamp(max=head.shape[-1] - 1)).squeeze(1)
+    for r in (~exact.squeeze(1)).nonzero().squeeze(1).tolist():
+        row, order = probs[r].sort(descending=True, stable=True)
+        full = torch.searchsorted(row.cumsum(0), u[r], right=True)
+        full = torch.minimum(full, (row > 0).sum(dim=0, keepdim=True) - 1)
+        chosen[r] = order[full[0]]
+    return chosen

@@ -9,6 +9,13 @@ A background thread runs the loop. Each turn it admits waiting jobs first-in fir
 has room (rows in flight, token slots in the KV cache), prefills one chunk of the oldest joining job,
 and then runs one step for every row in the batch: one forward pass, one sampler pipeline with per-row
 knobs, one recorder. Each job gets its own Steps; finished and stopped rows leave at once.
+
+All tensor work of a server happens on this thread, and the thread ends once idle. That is for
+OpenMP's sake, measured on this 2-core CPU: every thread that runs a parallel op keeps a pool of OpenMP
+threads for as long as it lives, and once the process holds more of them than there are cores, libgomp
+stops spinning and every op pays for waking its threads: decoding fell from 23 to 14 tokens/s. So no
+other long-lived thread may run tensor code (requests are validated without tensors; models load in a
+thread of their own that ends), and an idle scheduler gives its pool back.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from engine.model import LoadedModel
 from engine.trace import Step
 
 END = object()  # delivered after a job's last steps
+IDLE_EXIT_S = 2.0  # an idle loop's thread ends after this long (and with it its OpenMP threads)
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,11 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closed and not (self._waiting or self._joining or self.batch.rows):
-                    self._cv.wait()
+                if not self._closed and not self._busy():
+                    self._cv.wait(timeout=IDLE_EXIT_S)
+                    if not self._closed and not self._busy():
+                        self._thread = None  # the next submit starts a new one
+                        return
                 if self._closed:
                     self._fail_all(RuntimeError("the server is shutting down"))
                     return
@@ -152,6 +163,9 @@ class Scheduler:
             except Exception as e:  # a model error ends the jobs it touched, never the loop
                 traceback.print_exc()
                 self._fail_all(e, waiting=False)
+
+    def _busy(self) -> bool:
+        return bool(self._waiting or self._joining or self.batch.rows)
 
     def _drop_left(self) -> None:
         """Waiting jobs whose clients left (or that were cancelled) leave the queue. With the lock held."""

@@ -86,7 +86,7 @@ class _Snap:
         self.x = x  # (B, V) logits, or (B, m) logits of `support` when compact
         self.support = support  # (B, m) token ids, or None
         self.lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1)
-        self.p = (x - self.lse).exp()  # (B, V) or (B, m); 0 where removed
+        self.p: torch.Tensor | None = (x - self.lse).exp()  # (B, V) or (B, m); 0 where removed
         # Entropy = lse - sum p x; removed tokens (p = 0, x = -inf) must add 0, not nan. `dense`:
         # nothing is removed, so the clamping pass can be skipped.
         finite_x = x if dense else x.clamp(min=-1e30)
@@ -162,6 +162,8 @@ def record(
         else:
             n_alive, lost = kept[-1], torch.zeros(B, device=t.device)
             snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
+        if prev is not None:
+            prev.p = None  # only the next stage's removed mass needs it: keep one (B, V) at a time
         snaps.append(snap)
         names.append(name)
         kept.append(n_alive)

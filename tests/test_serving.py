@@ -1,6 +1,6 @@
-"""Many clients at once on one shared decode loop: a float32 server (where a batch of another shape
-changes no token), the openai client, the UI beside the API, a soak with disconnects, and the queue as
-the UI shows it."""
+"""Many clients at once on one shared decode loop (the app's default server: bfloat16 on this CPU, where a
+batch of another shape changes no token): the openai client, the UI beside the API, a soak with
+disconnects, and the queue as the UI shows it."""
 
 from __future__ import annotations
 
@@ -25,14 +25,8 @@ NO_END = {"2": -100}  # the end token banned: a completion runs its full max_tok
 
 
 @pytest.fixture(scope="module")
-def server32():
-    with start_server("--dtype", "float32") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server32):
-    return openai.OpenAI(base_url=server32.api, api_key="unused", max_retries=0, timeout=300)
+def client(server):
+    return openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=300)
 
 
 def ask(client, k: int, stream: bool, n: int = 1, max_tokens: int = 6) -> dict:
@@ -90,13 +84,13 @@ def soak_request(server, client, k: int, leave: bool) -> tuple[str, dict | None]
     return "answered", ask(client, k, stream, n, max_tokens) | {"expect": (n, max_tokens)}
 
 
-def test_a_soak_of_200_mixed_requests_with_disconnects_answers_all_and_returns_its_memory(server32, client):
+def test_a_soak_of_200_mixed_requests_with_disconnects_answers_all_and_returns_its_memory(server, client):
     leaving = set(random.Random(0).sample(range(200), 20))
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: soak_request(server32, client, k, False), range(1000, 1016)))  # warm-up
+        list(pool.map(lambda k: soak_request(server, client, k, False), range(1000, 1016)))  # warm-up
         time.sleep(1.0)
-        warm = rss_mib(server32.proc.pid)
-        results = list(pool.map(lambda k: soak_request(server32, client, k, k in leaving), range(200)))
+        warm = rss_mib(server.proc.pid)
+        results = list(pool.map(lambda k: soak_request(server, client, k, k in leaving), range(200)))
     assert sum(1 for kind, _ in results if kind == "left") == 20
     for kind, answer in results:
         if kind == "answered":
@@ -104,14 +98,14 @@ def test_a_soak_of_200_mixed_requests_with_disconnects_answers_all_and_returns_i
             assert sorted(answer) == list(range(n))
             assert all(c["finish"] == "length" and len(c["tokens"]) == max_tokens for c in answer.values())
     deadline = time.monotonic() + 30  # the 20 that left are dropped within a step; let the loop go idle
-    while time.monotonic() < deadline and rss_mib(server32.proc.pid) > warm * 1.10:
+    while time.monotonic() < deadline and rss_mib(server.proc.pid) > warm * 1.10:
         time.sleep(0.5)
-    after = rss_mib(server32.proc.pid)
+    after = rss_mib(server.proc.pid)
     assert after <= warm * 1.10, f"RSS grew from {warm:.0f} MiB after warm-up to {after:.0f} MiB"
 
 
-def test_the_ui_and_the_api_share_the_model_at_the_same_time(server32, client):
-    with open_page(server32.url) as page:
+def test_the_ui_and_the_api_share_the_model_at_the_same_time(server, client):
+    with open_page(server.url) as page:
         fill(page, "message", "Name a fruit.")
         fill(page, "knob-max_tokens", "12")
         fill(page, "knob-seed", "5")
