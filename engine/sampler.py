@@ -229,9 +229,15 @@ def run_pipeline(
     return out
 
 
+def survivors(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) how many tokens each row still allows. A logit is finite or -inf (removed), so one comparison
+    does, and it is several times cheaper than isfinite."""
+    return (logits > NEG_INF).sum(dim=-1)
+
+
 def _alive(logits: torch.Tensor) -> int:
     """The most survivors (finite logits) in any row."""
-    return int(torch.isfinite(logits).sum(dim=-1).max())
+    return int(survivors(logits).max())
 
 
 def canonical_head(values: torch.Tensor, logits: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,7 +271,7 @@ def draw(final: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor) -> tuple[to
         return tokens, landing
     x = final if len(sampled) == B else final[sampled]
     uu = u.to(torch.float64).cpu()[sampled].to(x.device)[:, None]  # (b, 1)
-    alive = torch.isfinite(x).sum(dim=-1)  # (b,)
+    alive = survivors(x)  # (b,)
     # Each row takes the path its own survivor count picks, never its neighbours'.
     few = (alive <= COMPACT).tolist()
     chosen = torch.empty(len(sampled), dtype=torch.long, device=x.device)

@@ -199,17 +199,26 @@ class Scheduler:
         for job in self.batch.drop_stopped():
             self._end(self._running.pop(job))
         self.batch.advance()
-        if self._joining:
+        # Prompts go in, oldest first, up to one chunk of tokens a turn: many short ones join together,
+        # a long one takes several turns while the batch keeps stepping.
+        budget = self.limits.prefill_chunk
+        while self._joining and budget > 0:
             ticket, prefill = self._joining[0]
             if ticket.job.stopping():
                 self._joining.popleft()
                 self._end(ticket, cancelled=True)
-            elif prefill.advance():
-                self._joining.popleft()
-                self._running[ticket.job] = ticket  # first, so a failure below still reaches it
-                if self._mergeable is None:
-                    self._mergeable = Batch.mergeable(prefill.cache)
-                self.batch.join(ticket.job, prefill.cache, prefill.logits)
+                continue
+            before = prefill.left
+            if not prefill.advance(budget):
+                break
+            budget -= before
+            self._joining.popleft()
+            self._running[ticket.job] = ticket  # first, so a failure below still reaches it
+            if self._mergeable is None:
+                self._mergeable = Batch.mergeable(prefill.cache)
+            self.batch.join(ticket.job, prefill.cache, prefill.logits)
+            if not self._mergeable:
+                break
         steps, ended = self.batch.sample()
         for job, made in steps.items():
             self._running[job].deliver(made)

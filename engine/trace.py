@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.sampler import NEG_INF
+
 
 @dataclass
 class Step:
@@ -86,7 +88,7 @@ class _Snap:
         self.x = x  # (B, V) logits, or (B, m) logits of `support` when compact
         self.support = support  # (B, m) token ids, or None
         self.lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1)
-        self.p: torch.Tensor | None = (x - self.lse).exp()  # (B, V) or (B, m); 0 where removed
+        self.p: torch.Tensor | None = torch.softmax(x, dim=-1)  # (B, V) or (B, m); 0 where removed
         # Entropy = lse - sum p x; removed tokens (p = 0, x = -inf) must add 0, not nan. `dense`:
         # nothing is removed, so the clamping pass can be skipped.
         finite_x = x if dense else x.clamp(min=-1e30)
@@ -111,7 +113,7 @@ class _Snap:
         logits (B, k), descending."""
         t = self.x.topk(min(k, self.x.shape[-1]), dim=-1)
         ids = t.indices if self.support is None else self.support.gather(1, t.indices)
-        ids, values = torch.where(torch.isfinite(t.values), ids, fallback), t.values
+        ids, values = torch.where(t.values > NEG_INF, ids, fallback), t.values
         short = k - ids.shape[-1]  # a compact support smaller than k: fill with removed entries
         if short > 0:
             ids = torch.cat([ids, fallback.expand(-1, short)], dim=1)
@@ -146,11 +148,11 @@ def record(
             continue
         prev = snaps[-1] if snaps else None
         if name in TRUNCATING or prev is None:
-            alive = torch.isfinite(t if support is None else t.gather(1, support))
+            alive = (t if support is None else t.gather(1, support)) > NEG_INF
             n_alive = alive.sum(dim=-1)
             if support is None and int(n_alive.max()) <= COMPACT:
                 support = t.topk(int(n_alive.max()), dim=-1).indices  # (B, m): the survivors
-                alive = torch.isfinite(t.gather(1, support))
+                alive = t.gather(1, support) > NEG_INF
             snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
             if prev is None:
                 lost = torch.zeros(B, device=t.device)
