@@ -107,10 +107,6 @@ class Batch:
     def width(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
-    def held(self) -> int:
-        """Token slots the cache holds now: rows x width, padding included."""
-        return len(self.rows) * self.width
-
     @staticmethod
     def mergeable(cache) -> bool:
         """Whether rows of this cache can share a batch with other jobs' rows: plain full-attention layers

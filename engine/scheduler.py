@@ -128,15 +128,6 @@ class Scheduler:
             self._cv.notify()
         return ticket
 
-    def run(self, job: Generation) -> Iterator[list[Step]]:
-        """Submit and iterate: the steps of `job`, computed in the shared batch."""
-        return iter(self.submit(job))
-
-    def stats(self) -> dict[str, int]:
-        with self._cv:
-            return {"rows": len(self.batch.rows), "waiting": len(self._waiting), "joining": len(self._joining),
-                    "held_tokens": self.batch.held()}
-
     def close(self) -> None:
         with self._cv:
             self._closed = True
