@@ -65,10 +65,12 @@ class Prefill:
         self.cache = None
         self.logits: torch.Tensor | None = None  # (1, V) once the whole prompt is in
 
-    def advance(self, budget: int | None = None) -> bool:
-        """Run one chunk (at most `budget` tokens of it); True once the whole prompt is in the cache."""
+    def advance(self) -> bool:
+        """Run the next chunk; True once the whole prompt is in the cache. Chunks always start at multiples
+        of `chunk`: where a prompt is cut changes its logits' low bits, so it must not depend on what else
+        is joining."""
         lm = self.job.lm
-        piece = self.ids[self.done : self.done + min(self.chunk, budget or self.chunk)]
+        piece = self.ids[self.done : self.done + self.chunk]
         positions = torch.arange(self.done, self.done + len(piece), device=lm.device)[None]
         with torch.inference_mode():
             out = forward(lm.model, torch.tensor([piece], device=lm.device), self.cache, position_ids=positions,
@@ -79,10 +81,6 @@ class Prefill:
             return False
         self.logits = out.logits[:, -1, :].float()
         return True
-
-    @property
-    def left(self) -> int:
-        return len(self.ids) - self.done
 
 
 class Batch:

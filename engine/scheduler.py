@@ -190,8 +190,8 @@ class Scheduler:
         for job in self.batch.drop_stopped():
             self._end(self._running.pop(job))
         self.batch.advance()
-        # Prompts go in, oldest first, up to one chunk of tokens a turn: many short ones join together,
-        # a long one takes several turns while the batch keeps stepping.
+        # Prompts go in, oldest first, about one chunk of tokens a turn: many short ones join together, a
+        # long one takes several turns while the batch keeps stepping.
         budget = self.limits.prefill_chunk
         while self._joining and budget > 0:
             ticket, prefill = self._joining[0]
@@ -199,10 +199,11 @@ class Scheduler:
                 self._joining.popleft()
                 self._end(ticket, cancelled=True)
                 continue
-            before = prefill.left
-            if not prefill.advance(budget):
-                break
-            budget -= before
+            before = prefill.done
+            finished = prefill.advance()
+            budget -= prefill.done - before
+            if not finished:
+                continue
             self._joining.popleft()
             self._running[ticket.job] = ticket  # first, so a failure below still reaches it
             if self._mergeable is None:

@@ -87,3 +87,24 @@ def test_a_prompt_prefilled_in_chunks_attends_to_all_of_itself(lm):
     # Only rounding apart (a chunk that saw only part of the cache would be far off).
     assert (whole.logits - chunked.logits).abs().max() < 1.0
     assert whole.logits.argmax() == chunked.logits.argmax()
+
+
+def test_where_a_prompt_is_cut_into_chunks_does_not_depend_on_what_joins_beside_it(lm):
+    from engine.scheduler import Limits
+
+    def outcomes(scheduler, jobs):
+        tickets = [scheduler.submit(request(lm, m, k, {})) for m, k in jobs]
+        for t in tickets:
+            for _ in t:
+                pass
+        return [outcome(t.job) for t in tickets]
+
+    jobs = [(ASK[2], dict(seed=1, temperature=1.0, logit_bias=EOS)), (ASK[1], dict(seed=2, temperature=1.0, logit_bias=EOS)),
+            (ASK[0], dict(seed=3, temperature=1.0, logit_bias=EOS))]
+    limits = Limits(prefill_chunk=8)  # several chunks per prompt, and several prompts per turn
+    scheduler = Scheduler(lm, limits)
+    try:
+        alone = [outcomes(scheduler, [job])[0] for job in jobs]
+        assert outcomes(scheduler, jobs) == alone
+    finally:
+        scheduler.close()
