@@ -20,6 +20,7 @@ thread of their own that ends), and an idle scheduler gives its pool back.
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 import traceback
@@ -42,6 +43,16 @@ class Limits:
     max_tokens: int = 65536  # token slots the batch's KV cache may hold at admission, padding included
     max_queue: int = 256  # jobs waiting for room; past it, submit refuses
     prefill_chunk: int = PREFILL_CHUNK
+
+
+def _give_back_memory() -> None:
+    """Return freed heap memory to the system. glibc keeps what a large batch freed (its mmap threshold
+    grows with every large free), so a server's resident memory would otherwise ratchet up to its
+    busiest moment and stay there."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 class Refused(Exception):
@@ -144,6 +155,7 @@ class Scheduler:
                     self._cv.wait(timeout=IDLE_EXIT_S)
                     if not self._closed and not self._busy():
                         self._thread = None  # the next submit starts a new one
+                        _give_back_memory()
                         return
                 if self._closed:
                     self._fail_all(RuntimeError("the server is shutting down"))
