@@ -27,7 +27,7 @@ from engine import attention
 from engine.model import LoadedModel
 from engine.rng import uniform
 from engine.rows import RowState
-from engine.sampler import RowKnobs, SamplerContext, draw, run_pipeline
+from engine.sampler import RowKnobs, SamplerContext, draw, learn, run_pipeline
 from engine.trace import Step, record
 
 if TYPE_CHECKING:
@@ -295,16 +295,21 @@ class Batch:
         rows = [self.rows[b] for b in g.members]
         allowed = self._allowed(rows) if g.constrained else None
         order = rows[0].job.params.sampler_order
-        ctx = SamplerContext(g.knobs, order, rows_of(self.seen), rows_of(self.counts), rows_of(self.bias), allowed)
+        coords = [(r.job.seed, r.job.first_index + r.index, r.position) for r in rows]
+        ctx = SamplerContext(g.knobs, order, rows_of(self.seen), rows_of(self.counts), rows_of(self.bias), allowed,
+                             history=[r.state.history for r in rows], breakers=[r.job.dry_breakers for r in rows],
+                             memory=[r.state.memory for r in rows], coords=coords)
         stages = run_pipeline(rows_of(self.logits), ctx, g.constrained)
-        u = torch.tensor([uniform(r.job.seed, r.job.first_index + r.index, r.position) for r in rows], dtype=torch.float64)
+        u = torch.tensor([uniform(*c) for c in coords], dtype=torch.float64)
         chosen, landing = draw(stages[-1][1], u, g.knobs.greedy)
+        learn(stages, ctx, chosen)
         if g.index is None:
             tokens.copy_(chosen)
         else:
             tokens[g.index] = chosen
-        for b, rec in zip(g.members, record(stages, chosen, landing, g.record_k)):
-            records[b] = rec
+        notes = [{name: v for name, values in ctx.notes.items() if (v := float(values[i])) == v} for i in range(len(rows))]
+        for b, rec, note in zip(g.members, record(stages, chosen, landing, g.record_k), notes):
+            records[b] = {**rec, "notes": note}
 
     def _allowed(self, rows: list[Row]) -> torch.Tensor | None:
         V = self.lm.vocab_size

@@ -44,13 +44,15 @@ class Generation:
         grammar: Grammar | None = None,
         thinking: Thinking | None = None,
         first_index: int = 0,
+        memory: dict | None = None,
     ):
         """prefix_ids: tokens the completion already holds (branching from a step): they count as
         generated for the penalties and continue the text, but are not emitted again.
         grammar: every completion must follow it (tool calls, response_format); thinking: a budget for
         the <think> section, closed by force when spent. Either adds the "constraint" stage.
         first_index: the completion index of this generation's first completion for its random numbers
-        (a branch of completion 3 continues completion 3's numbers)."""
+        (a branch of completion 3 continues completion 3's numbers). memory: the stateful stages' state to
+        start from (a branch continues its original's mirostat mu)."""
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
         self.prefix_ids = list(prefix_ids)
@@ -58,12 +60,14 @@ class Generation:
         self.cancel = cancel or (lambda: False)
         self._stop = threading.Event()
         self.first_index = first_index
+        self.memory = dict(memory or {})
         self.constrained = grammar is not None or thinking is not None
         self.stages = ("raw", *(("constraint",) if self.constrained else ()), *params.sampler_order)
         self.thinking = thinking
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.max_tokens = self._fit_length()
         self._check_bias()
+        self.dry_breakers = self._dry_breakers() if params.dry_multiplier > 0 else frozenset()
         n = params.n
         self.matchers = grammar.start(lm, n) if grammar is not None else None  # ParamError for a bad grammar
         self.thinks = [thinking.start() for _ in range(n)] if thinking else None
@@ -126,6 +130,14 @@ class Generation:
             if token >= V:
                 raise ParamError("logit_bias", f"logit_bias token id {token} is outside the vocabulary [0, {V - 1}]")
 
+    def _dry_breakers(self) -> frozenset[int]:
+        """DRY's sequence breakers as token ids: the last token of "a" + breaker, i.e. the breaker as it
+        follows a word (text-generation-webui's rule); a breaker the tokenizer drops is skipped."""
+        encode = self.lm.tokenizer.encode
+        word = encode("a", add_special_tokens=False)
+        ids = [encode("a" + b, add_special_tokens=False) for b in self.params.dry_sequence_breakers]
+        return frozenset(t[-1] for t in ids if t and t != word)
+
     def dense_bias(self) -> torch.Tensor | None:
         """(V,) float32 logit_bias on the model's device, None without one. Built by the decode loop's
         thread, where all tensor work happens (see engine/scheduler.py on OpenMP)."""
@@ -137,8 +149,9 @@ class Generation:
         return bias
 
     def row_state(self, i: int) -> RowState:
+        history = self.prompt_ids + self.prefix_ids if self.params.dry_multiplier > 0 else None
         return RowState(self.lm.tokenizer, self.lm.eos_ids, self.params.stop, self.thinks[i] if self.thinks else None,
-                        self.matchers, i, self.prefix_ids)
+                        self.matchers, i, self.prefix_ids, history, self.memory)
 
     def stop(self) -> None:
         """Ask for the end: the completions still running finish as cancelled within one step."""

@@ -1,107 +1,27 @@
-"""Every sampling knob, defined once.
+"""Every sampling knob, defined once, and the validated settings built from them.
 
-Each `Knob` carries its name, type, default, documented range, "off" value and one-line help text.
-Validation (`SamplingParams.build`), the UI sliders and the HTTP schema are all derived from `KNOBS`,
-so a range changes in exactly one place.
+A sampler stage's knobs are defined with the stage (engine/stages.py); the others (length, output, the
+stage order) here. Each `Knob` carries its name, type, default, documented range, "off" value and help
+text (engine/knob.py). Validation (`SamplingParams.build`), the UI's controls, the HTTP schema and the
+README's table are all derived from `KNOBS`, so a range changes in exactly one place.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import field, fields, make_dataclass, replace
 from typing import Any
 
-# The default order of the sampler pipeline; see engine/sampler.py and the README for why.
-STAGE_ORDER = (
-    "logit_bias",
-    "repetition_penalty",
-    "presence_frequency",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-)
+from engine.knob import MAX_STOP_SEQUENCES, Knob, ParamError
+from engine.stages import DEFAULT_ORDER, STAGE_KNOBS
 
-MAX_STOP_SEQUENCES = 4
+__all__ = ["KNOBS", "REQUEST_KNOBS", "STAGE_ORDER", "MAX_STOP_SEQUENCES", "MAX_TOP_LOGPROBS", "Knob", "ParamError",
+           "SamplingParams", "GROUPS"]
+
+STAGE_ORDER = DEFAULT_ORDER  # the default order of the sampler pipeline; see engine/stages.py
 MAX_TOP_LOGPROBS = 20
+GROUPS = ("randomness", "repetition", "more samplers", "length", "output", "advanced")  # as the UI and README list them
 
-
-class ParamError(ValueError):
-    """Bad input for one knob. `param` names it; the message names the allowed range."""
-
-    def __init__(self, param: str, message: str, code: str = "invalid_value"):
-        super().__init__(message)
-        self.param = param
-        self.message = message
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Knob:
-    name: str
-    kind: str  # float | int | bool | choice | stop | logit_bias | order | optional_int
-    default: Any
-    help: str
-    group: str
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False  # True: the lower bound itself is not allowed
-    hi_open: bool = False
-    off: Any = None  # the value at which the knob does nothing
-    choices: tuple = ()
-    step: float | None = None  # slider step for the UI
-    ui_default: Any = None  # what the UI starts at when it differs from the API default
-    openai: bool = True  # part of OpenAI's documented API (else a playground extension)
-
-    def range_text(self) -> str:
-        if self.kind == "choice":
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.lo is None:
-            return ""
-        left = "(" if self.lo_open else "["
-        right = ")" if self.hi_open or self.hi is None else "]"
-        hi = "inf" if self.hi is None else _num(self.hi)
-        return f"{left}{_num(self.lo)}, {hi}{right}"
-
-    def check_number(self, value: Any) -> float | int:
-        is_int = self.kind in ("int", "optional_int")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            kind = "an integer" if is_int else "a number"
-            raise ParamError(self.name, f"{self.name} must be {kind} in {self.range_text()}, got {value!r}")
-        if is_int and isinstance(value, float):
-            if not value.is_integer():
-                raise ParamError(self.name, f"{self.name} must be an integer in {self.range_text()}, got {value!r}")
-            value = int(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ParamError(self.name, f"{self.name} must be a finite number in {self.range_text()}, got {value!r}")
-        too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
-        too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
-        if too_low or too_high:
-            raise ParamError(self.name, f"{self.name} must be in {self.range_text()}, got {value!r}")
-        return value
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-_KNOB_LIST = [
-    # randomness
-    Knob("temperature", "float", 1.0, "Divides the logits before softmax: below 1 sharpens, above 1 flattens; 0 is greedy (always the top token).",
-         "randomness", lo=0.0, hi=2.0, off=1.0, step=0.05),
-    Knob("top_p", "float", 1.0, "Nucleus sampling: keep the fewest top tokens whose probabilities add up to at least top_p.",
-         "randomness", lo=0.0, hi=1.0, lo_open=True, off=1.0, step=0.01),
-    Knob("top_k", "int", 0, "Keep only the k most likely tokens; 0 keeps all.",
-         "randomness", lo=0, hi=None, off=0, step=1, openai=False),
-    Knob("min_p", "float", 0.0, "Keep tokens at least min_p times as likely as the most likely one (min-p sampling, Nguyen et al. 2024); 0 keeps all.",
-         "randomness", lo=0.0, hi=1.0, off=0.0, step=0.01, openai=False),
-    # repetition
-    Knob("presence_penalty", "float", 0.0, "Subtracted once from the logit of every token already generated (OpenAI); negative values encourage repeats.",
-         "repetition", lo=-2.0, hi=2.0, off=0.0, step=0.05),
-    Knob("frequency_penalty", "float", 0.0, "Subtracted from a token's logit once per time it was already generated (OpenAI).",
-         "repetition", lo=-2.0, hi=2.0, off=0.0, step=0.05),
-    Knob("repetition_penalty", "float", 1.0, "CTRL's penalty on every token seen in prompt or output: positive logits divided by it, negative multiplied; 1 is off.",
-         "repetition", lo=0.0, hi=2.0, lo_open=True, hi_open=True, off=1.0, step=0.01, openai=False),
+_GENERAL = [
     # length
     Knob("max_tokens", "optional_int", None, "Most tokens to generate per completion; empty means until the context is full.",
          "length", lo=1, hi=None, off=None, step=1, ui_default=128),
@@ -117,16 +37,15 @@ _KNOB_LIST = [
     Knob("seed", "optional_int", None, "Same seed, settings and model give the same output; empty picks a random seed (returned with the answer).",
          "output", lo=0, hi=2**63 - 1, off=None, step=1),
     Knob("logprobs", "bool", False, "Return the log-probability of each chosen token.", "output", off=False),
-    Knob("top_logprobs", "int", 0, f"How many most likely alternatives to return per token, with their log-probabilities (needs logprobs).",
+    Knob("top_logprobs", "int", 0, "How many most likely alternatives to return per token, with their log-probabilities (needs logprobs).",
          "output", lo=0, hi=MAX_TOP_LOGPROBS, off=0, step=1),
     # advanced
-    Knob("logit_bias", "logit_bias", None, "Map of token id to a bias in [-100, 100] added to that token's logit; -100 bans it, 100 all but forces it.",
-         "advanced", lo=-100.0, hi=100.0, off=None),
-    Knob("sampler_order", "order", STAGE_ORDER, "The order the sampler stages run in (a permutation of all of them).",
-         "advanced", off=STAGE_ORDER, openai=False),
+    Knob("sampler_order", "order", DEFAULT_ORDER, "The order the sampler stages run in (a permutation of all of them).",
+         "advanced", off=DEFAULT_ORDER, choices=DEFAULT_ORDER, openai=False),
 ]
 
-KNOBS: dict[str, Knob] = {k.name: k for k in _KNOB_LIST}
+# Grouped as the UI shows them; within a group, stage knobs in pipeline order, then the others.
+KNOBS: dict[str, Knob] = {k.name: k for g in GROUPS for k in (*STAGE_KNOBS, *_GENERAL) if k.group == g}
 
 # Request-level knobs of the chat-completions API that are not sampling settings; listed here so the
 # API schema, README and UI describe them from the same place.
@@ -147,28 +66,7 @@ REQUEST_KNOBS: dict[str, Knob] = {
 }
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Validated engine settings. `None` means off wherever a knob has no neutral number."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    context_length_exceeded_behavior: str = "truncate"
-    n: int = 1
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    sampler_order: tuple[str, ...] = STAGE_ORDER
-    record_k: int = MAX_TOP_LOGPROBS  # top candidates per stage kept in each step's record
-
+class _Methods:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
@@ -180,11 +78,7 @@ class SamplingParams:
         if unknown:
             name = sorted(unknown)[0]
             raise ParamError(name, f"unknown sampling parameter {name!r}")
-        out: dict[str, Any] = {}
-        for name, value in values.items():
-            if value is None:
-                continue
-            out[name] = _check(KNOBS[name], value)
+        out = {name: KNOBS[name].check(value) for name, value in values.items() if value is not None}
         # One length: max_completion_tokens is the newer name and wins (as in vLLM).
         mct = out.pop("max_completion_tokens", None)
         if mct is not None:
@@ -198,65 +92,16 @@ class SamplingParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, in API shapes (lists, string keys), for JSON and UI state."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name in KNOBS}
-        d["stop"] = list(self.stop)
-        d["logit_bias"] = {str(k): v for k, v in self.logit_bias}
-        d["sampler_order"] = list(self.sampler_order)
-        return d
+        return {f.name: KNOBS[f.name].to_plain(getattr(self, f.name)) for f in fields(self) if f.name in KNOBS}
 
 
-def _check(knob: Knob, value: Any) -> Any:
-    if knob.kind in ("float", "int", "optional_int"):
-        v = knob.check_number(value)
-        return float(v) if knob.kind == "float" else int(v)
-    if knob.kind == "bool":
-        if not isinstance(value, bool):
-            raise ParamError(knob.name, f"{knob.name} must be true or false, got {value!r}")
-        return value
-    if knob.kind == "choice":
-        if value not in knob.choices:
-            raise ParamError(knob.name, f"{knob.name} must be {knob.range_text()}, got {value!r}")
-        return value
-    if knob.kind == "stop":
-        return _check_stop(value)
-    if knob.kind == "logit_bias":
-        return _check_logit_bias(knob, value)
-    if knob.kind == "order":
-        return _check_order(value)
-    raise AssertionError(knob.kind)
-
-
-def _check_stop(value: Any) -> tuple[str, ...]:
-    seqs = [value] if isinstance(value, str) else value
-    if not isinstance(seqs, (list, tuple)) or not all(isinstance(s, str) for s in seqs):
-        raise ParamError("stop", f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings")
-    if len(seqs) > MAX_STOP_SEQUENCES:
-        raise ParamError("stop", f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(seqs)}")
-    if any(s == "" for s in seqs):
-        raise ParamError("stop", "stop sequences must not be empty strings")
-    return tuple(dict.fromkeys(seqs))
-
-
-def _check_logit_bias(knob: Knob, value: Any) -> tuple[tuple[int, float], ...]:
-    if not isinstance(value, dict):
-        raise ParamError("logit_bias", "logit_bias must be a map from token id to a bias in [-100, 100]")
-    out = {}
-    for key, bias in value.items():
-        is_id = (isinstance(key, int) and not isinstance(key, bool) and key >= 0) or (
-            isinstance(key, str) and key.strip().isascii() and key.strip().isdigit()  # not "²", which int() refuses
-        )
-        if not is_id:
-            raise ParamError("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
-        token = int(key)
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) or not -100 <= bias <= 100:
-            raise ParamError("logit_bias", f"logit_bias for token {token} must be a number in [-100, 100], got {bias!r}")
-        out[token] = float(bias)
-    return tuple(sorted(out.items()))
-
-
-def _check_order(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [s.strip() for s in value.split(",") if s.strip()]
-    if not isinstance(value, (list, tuple)) or sorted(value) != sorted(STAGE_ORDER):
-        raise ParamError("sampler_order", "sampler_order must list each of " + ", ".join(STAGE_ORDER) + " exactly once")
-    return tuple(value)
+# Validated engine settings: one field per knob (max_completion_tokens folds into max_tokens), each
+# defaulting to its knob's "not given" value, plus how many candidates per stage a step records.
+SamplingParams = make_dataclass(
+    "SamplingParams",
+    [(k.name, Any, field(default=k.empty())) for k in KNOBS.values() if k.name != "max_completion_tokens"]
+    + [("record_k", int, field(default=MAX_TOP_LOGPROBS))],
+    bases=(_Methods,),
+    frozen=True,
+)
+SamplingParams.__module__ = __name__

@@ -17,8 +17,13 @@ from engine.stops import StopMatcher
 
 class RowState:
     def __init__(self, tokenizer, eos_ids: frozenset[int], stops: tuple[str, ...], think: ThinkState | None,
-                 grammar: Matchers | None, index: int, prefix_ids: list[int] = ()):
+                 grammar: Matchers | None, index: int, prefix_ids: list[int] = (), history: list[int] | None = None,
+                 memory: dict | None = None):
+        """history: the prompt and prefix ids, for stages that read the whole text (DRY); None when no stage
+        does. memory: what stateful stages keep between steps (mirostat's mu), to continue from."""
         self.eos_ids = eos_ids
+        self.history = history
+        self.memory = dict(memory or {})
         self.decoder = IncrementalDecoder(tokenizer)
         self.stops = StopMatcher(stops)
         self.think = think
@@ -45,6 +50,8 @@ class RowState:
     def feed(self, token: int, last: bool) -> tuple[str, str, str | None]:
         """The drawn token: (text it completed, text now safe to stream, finish reason or None).
         `last`: the completion has no room for another token."""
+        if self.history is not None:
+            self.history.append(token)
         if token in self.eos_ids:
             return "", self.flush(), "stop"
         text = self.decoder.push(token)

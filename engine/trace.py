@@ -7,14 +7,15 @@ vocabulary. Arrays are numpy on the CPU: small, deep-copyable, JSON-able.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.sampler import NEG_INF
+from engine.context import COMPACT, NEG_INF
+from engine.stages import ALL
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Step:
     stage_removed: np.ndarray  # (S,) float32, previous stage's mass this stage set to zero
     draw: float | None  # where the uniform landed on the final CDF sorted by probability; None if greedy
     finish_reason: str | None = None  # stop | length | cancelled, on a completion's last step
+    notes: dict[str, float] = field(default_factory=dict)  # what stages report: mirostat's mu, a dynamic temperature
 
     def to_dict(self, stages: tuple[str, ...]) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class Step:
             ],
             "draw": None if self.draw is None else round(self.draw, 6),
             "finish_reason": self.finish_reason,
+            "notes": {k: round(v, 6) for k, v in self.notes.items()},
         }
 
 
@@ -74,11 +77,9 @@ def _f(x: float) -> float | None:
     return None if not np.isfinite(x) else round(float(x), 6)
 
 
-# Stages that may turn a finite logit into -inf. The others (bias, penalties, a non-zero temperature)
-# keep every token possible, so their survivor count is their input's and they remove no mass.
-TRUNCATING = frozenset({"constraint", "temperature", "top_k", "top_p", "min_p"})
-# Once at most this many tokens survive, later snapshots work on those tokens only, not the vocabulary.
-COMPACT = 4096
+# Stages that may turn a finite logit into -inf. The others (bias, penalties) keep every token possible,
+# so their survivor count is their input's and they remove no mass.
+TRUNCATING = frozenset(name for name, stage in ALL.items() if stage.truncates)
 
 
 class _Snap:

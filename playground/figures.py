@@ -11,13 +11,14 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.knobs import SamplingParams
+from engine.stages import ALL, ANY_VOCAB, Said, count
 from playground.ui_records import STAGE_LABELS, Step, prob, token_label, visible
 
 CHOSEN = "#ea580c"  # orange: the token that was picked
 KEPT = "#2563eb"  # blue: still possible after this stage
 REMOVED = "#cbd5e1"  # grey: a stage set it to zero
 FORCED = "#9333ea"  # purple: a token the user picked when branching
-TRUNCATING = ("top_k", "top_p", "min_p")
 
 
 def _layout(fig: go.Figure, height: int, title: str) -> go.Figure:
@@ -95,10 +96,14 @@ def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], 
         )
         fig.update_yaxes(rangemode="tozero", tickformat=".2f", nticks=3, row=r, col=1, gridcolor="#eef2f7")
     chosen = token_label(texts, step["token_id"])
-    off = [STAGE_LABELS[st["name"]] for s, st in enumerate(stages) if s not in rows]
+    p = _params(params)
+    quiet = [st["name"] for s, st in enumerate(stages) if s not in rows]
+    idle = [STAGE_LABELS[n] for n in quiet if n == "constraint" or ALL[n].on(p, ANY_VOCAB)]  # on, but changed nothing
+    off = len(quiet) - len(idle)
+    notes = ([f"no change from: {', '.join(idle)}"] if idle else []) + ([f"{count(off, 'stage')} off"] if off else [])
     title = f"Step {step['position']}: how the sampler picked '{chosen}'"
-    if off:
-        title += f"<br><span style='font-size:11px;color:#64748b'>no change from: {', '.join(off)}</span>"
+    if notes:
+        title += f"<br><span style='font-size:11px;color:#64748b'>{' · '.join(notes)}</span>"
     fig.update_xaxes(tickangle=-35, tickfont={"size": 11})
     fig.update_annotations(font_size=11)
     fig = _layout(fig, 130 + 125 * len(rows), title)
@@ -122,20 +127,14 @@ def _row_title(stage: dict, params: dict[str, Any], last: bool) -> str:
     if name == "raw":
         text = "raw (the model's own distribution)"
     else:
-        text = f"after {STAGE_LABELS[name]}{_setting(name, params)}"
+        text = f"after {STAGE_LABELS[name]}{ALL[name].setting(_params(params))}"
     if last:
         text += " = final"
     return f"{text}: {stage['kept']} tokens possible, entropy {stage['entropy']:.2f} nats"
 
 
-def _setting(name: str, params: dict[str, Any]) -> str:
-    if name == "constraint":
-        return " (grammar or forced tokens)"
-    if name == "presence_frequency":
-        return f" ({params['presence_penalty']:g} / {params['frequency_penalty']:g})"
-    if name == "logit_bias":
-        return f" ({len(params['logit_bias'])} tokens)"
-    return f" {params[name]:g}"
+def _params(params: dict[str, Any]) -> SamplingParams:
+    return SamplingParams.build(**params)
 
 
 def stage_sentences(step: Step, texts: dict[int, str], params: dict[str, Any]) -> list[str]:
@@ -146,71 +145,15 @@ def stage_sentences(step: Step, texts: dict[int, str], params: dict[str, Any]) -
         f"The model's raw distribution put {stages[0]['probs'][top]:.2f} on '{token_label(texts, step['candidates'][top])}' "
         f"(entropy {stages[0]['entropy']:.2f} nats)."
     ]
+    p = _params(params)
     for prev, cur in zip(stages, stages[1:]):
-        out.append(_sentence(cur["name"], prev, cur, step, texts, params))
+        stage = ALL[cur["name"]]
+        if stage.name != "constraint" and not stage.on(p, ANY_VOCAB):
+            out.append(f"{stage.label} was off.")
+        else:
+            out.append(stage.describe(Said(prev, cur, step, texts, p)))
     out.append(_draw_sentence(step, texts))
     return out
-
-
-def _sentence(name: str, prev: dict, cur: dict, step: Step, texts: dict[int, str], params: dict[str, Any]) -> str:
-    label = STAGE_LABELS[name]
-    if name == "constraint":
-        if cur["removed_mass"] == 0 and cur["kept"] == prev["kept"]:
-            return "the constraint (grammar or forced tokens) allowed every token here."
-        return (f"the constraint (grammar or forced tokens) allowed {_tokens(cur['kept'])} and removed "
-                f"{cur['removed_mass']:.2f} of the mass.")
-    if _is_off(name, params):
-        return f"{label} was off."
-    if name in TRUNCATING:
-        setting = {"top_k": "top-k", "top_p": "top-p", "min_p": "min-p"}[name] + f" {params[name]:g}"
-        kept_mass = 1.0 - cur["removed_mass"]
-        rule = ""
-        if name == "min_p":
-            rule = f" (those with p ≥ {params['min_p']:g} × {max(prev['probs']):.2f})"
-        if cur["removed_mass"] == 0:
-            return f"{setting} removed nothing here: {_tokens(cur['kept'])} still possible."
-        return f"{setting} kept {_tokens(cur['kept'])}{rule} holding {kept_mass:.2f} of the mass."
-    if name == "temperature":
-        t = params["temperature"]
-        if t == 0:
-            return f"temperature 0 is greedy: only '{token_label(texts, step['token_id'])}', the top token, remains."
-        verb = "sharpened" if t < 1 else "flattened"
-        return f"temperature {t:g} {verb} the distribution: entropy {prev['entropy']:.2f} → {cur['entropy']:.2f} nats."
-    if name == "logit_bias":
-        parts = []
-        for key, bias in list(params["logit_bias"].items())[:3]:
-            tid = int(key)
-            j = step["candidates"].index(tid) if tid in step["candidates"] else None
-            where = f" (p {prev['probs'][j]:.3f} → {cur['probs'][j]:.3f})" if j is not None else " (still outside the top candidates)"
-            parts.append(f"{bias:+g} to '{token_label(texts, tid)}'{where}")
-        more = f" and {len(params['logit_bias']) - 3} more" if len(params["logit_bias"]) > 3 else ""
-        return f"logit bias added {', '.join(parts)}{more}."
-    # The penalties: name the candidate they pushed down the most.
-    what = {
-        "repetition_penalty": f"repetition penalty {params['repetition_penalty']:g} made tokens already in the prompt or output less likely",
-        "presence_frequency": f"presence {params['presence_penalty']:g} / frequency {params['frequency_penalty']:g} penalties shifted tokens already generated",
-    }[name]
-    drops = [(prev["probs"][j] - cur["probs"][j], j) for j in range(len(step["candidates"]))]
-    drop, j = max(drops)
-    if drop < 0.005:
-        return f"{what}; no top candidate changed by more than 0.005."
-    return f"{what}; the biggest drop: '{token_label(texts, step['candidates'][j])}' {prev['probs'][j]:.3f} → {cur['probs'][j]:.3f}."
-
-
-def _tokens(n: int) -> str:
-    return f"{n} token" if n == 1 else f"{n} tokens"
-
-
-def _is_off(name: str, params: dict[str, Any]) -> bool:
-    return {
-        "logit_bias": not params["logit_bias"],
-        "repetition_penalty": params["repetition_penalty"] == 1.0,
-        "presence_frequency": params["presence_penalty"] == 0.0 and params["frequency_penalty"] == 0.0,
-        "temperature": params["temperature"] == 1.0,
-        "top_k": params["top_k"] == 0,
-        "top_p": params["top_p"] >= 1.0,
-        "min_p": params["min_p"] == 0.0,
-    }[name]
 
 
 def _draw_sentence(step: Step, texts: dict[int, str]) -> str:

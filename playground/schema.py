@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
-from engine.knobs import KNOBS, MAX_STOP_SEQUENCES, REQUEST_KNOBS, STAGE_ORDER, Knob, ParamError, SamplingParams
+from engine.knobs import KNOBS, MAX_STOP_SEQUENCES, REQUEST_KNOBS, Knob, ParamError, SamplingParams
 from engine.chat import ChatRequest
 from engine.model import LoadedModel
 
@@ -30,11 +30,13 @@ def _knob_json_schema(knob: Knob) -> dict:
     elif knob.kind == "bool":
         value = {"type": "boolean"}
     elif knob.kind == "choice":
-        value = {"type": "string", "enum": list(knob.choices)}
-    elif knob.kind == "stop":
+        kind = "integer" if all(isinstance(c, int) for c in knob.choices) else "string"
+        value = {"type": kind, "enum": list(knob.choices)}
+    elif knob.kind in ("stop", "strings"):
+        most = {"maxItems": MAX_STOP_SEQUENCES} if knob.kind == "stop" else {}
         value = {"anyOf": [
             {"type": "string", "minLength": 1},
-            {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP_SEQUENCES},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, **most},
         ]}
     elif knob.kind == "logit_bias":
         value = {
@@ -43,8 +45,8 @@ def _knob_json_schema(knob: Knob) -> dict:
             "additionalProperties": {"type": "number", "minimum": knob.lo, "maximum": knob.hi},
         }
     elif knob.kind == "order":
-        value = {"type": "array", "items": {"type": "string", "enum": list(STAGE_ORDER)},
-                 "minItems": len(STAGE_ORDER), "maxItems": len(STAGE_ORDER), "uniqueItems": True}
+        value = {"type": "array", "items": {"type": "string", "enum": list(knob.choices)},
+                 "minItems": len(knob.choices), "maxItems": len(knob.choices), "uniqueItems": True}
     else:
         raise AssertionError(knob.kind)
     extension = "" if knob.openai else " (playground extension; with the openai client pass it in extra_body)"

@@ -10,34 +10,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from engine.stages import ALL, token_label, visible
+
 Step = dict[str, Any]
 
-# Short names for chart rows and sentences, in pipeline vocabulary.
-STAGE_LABELS = {
-    "raw": "raw",
-    "constraint": "the constraint",
-    "logit_bias": "logit bias",
-    "repetition_penalty": "repetition penalty",
-    "presence_frequency": "presence/frequency",
-    "temperature": "temperature",
-    "top_k": "top-k",
-    "top_p": "top-p",
-    "min_p": "min-p",
-}
+# Short names for chart rows and sentences, in pipeline vocabulary (engine/stages.py).
+STAGE_LABELS = {"raw": "raw", **{name: stage.label for name, stage in ALL.items()}}
 
 
 def prob(logprob: float | None) -> float:
     """A logprob from a step dict as a probability; None stands for a removed token (-inf)."""
     return 0.0 if logprob is None else math.exp(logprob)
-
-
-def visible(text: str) -> str:
-    """Token text with its whitespace made visible, for chart labels and lists."""
-    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
-
-
-def token_label(texts: dict[int, str], token_id: int) -> str:
-    return visible(texts.get(token_id, f"#{token_id}"))
 
 
 def candidate_probs(step: Step, token_id: int) -> list[float] | None:

@@ -11,31 +11,26 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER, Knob, ParamError, SamplingParams
+from engine.knobs import GROUPS, KNOBS, REQUEST_KNOBS, STAGE_ORDER, Knob, ParamError, SamplingParams
+from engine.stages import PRESETS
 
 # max_completion_tokens is only the newer name of max_tokens: one control for both.
 UI_KNOBS = [name for name in KNOBS if name != "max_completion_tokens"]
-GROUPS = ("randomness", "repetition", "length", "output", "advanced")
 GROUP_TITLES = {
     "randomness": "Randomness",
     "repetition": "Repetition",
+    "more samplers": "More samplers (llama.cpp, text-generation-webui)",
     "length": "Length",
     "output": "Output",
     "advanced": "Advanced",
 }
 # Slider ends for knobs whose range is unbounded or too wide to be useful on a slider; the API takes more.
-UI_MAX = {"top_k": 200, "n": 8}
+UI_MAX = {"top_k": 200, "n": 8, "dynatemp_range": 2.0, "dynatemp_exponent": 5.0, "top_n_sigma": 5.0,
+          "dry_multiplier": 5.0, "dry_base": 4.0, "dry_allowed_length": 20, "mirostat_tau": 10.0}
 TOOL_CHOICES = ("none", "auto", "required")
 
-ORDER_PRESETS = {
-    "Hugging Face / vLLM (default)": STAGE_ORDER,
-    "llama.cpp: temperature last": (
-        "logit_bias", "repetition_penalty", "presence_frequency", "top_k", "top_p", "min_p", "temperature",
-    ),
-    "min-p before top-p": (
-        "logit_bias", "repetition_penalty", "presence_frequency", "temperature", "top_k", "min_p", "top_p",
-    ),
-}
+# The engines' own default orders (engine/stages.py), for the sampler_order control and for Replay.
+ORDER_PRESETS = {("Hugging Face (default)" if name == "Hugging Face" else name): order for name, order in PRESETS.items()}
 
 
 @dataclass(frozen=True)
@@ -74,8 +69,9 @@ def control_spec(knob: Knob) -> ControlSpec:
         return ControlSpec("checkbox", knob.name, info, value)
     if knob.kind == "choice":
         return ControlSpec("radio", knob.name, info, value, choices=knob.choices)
-    if knob.kind == "stop":
-        return ControlSpec("textbox", knob.name, info + " One per line; write \\n for a newline.", "")
+    if knob.kind in ("stop", "strings"):
+        value = "\n".join(s.replace("\n", "\\n") for s in (knob.default or ()))
+        return ControlSpec("textbox", knob.name, info + " One per line; write \\n for a newline.", value)
     if knob.kind == "logit_bias":
         return ControlSpec(
             "textbox", knob.name,
@@ -171,7 +167,7 @@ def collect(values: dict[str, Any], encode: Callable[[str], list[int]]) -> Sampl
     for name in UI_KNOBS:
         value = values.get(name)
         kind = KNOBS[name].kind
-        if kind == "stop":
+        if kind in ("stop", "strings"):
             value = parse_stop(value or "")
         elif kind == "logit_bias":
             value = bias_map(parse_logit_bias(value or "", encode))

@@ -26,10 +26,14 @@ class FakeTokenizer:
         self.chat_template = chat_template
 
     def encode(self, text: str, add_special_tokens=False) -> list[int]:
-        """Greedy longest match over the pieces."""
+        """Greedy longest match over the pieces; a byte no piece starts with is skipped."""
         data, ids = text.encode(), []
         while data:
-            i = max((i for i, p in enumerate(self.pieces) if p and data.startswith(p)), key=lambda i: len(self.pieces[i]))
+            matches = [i for i, p in enumerate(self.pieces) if p and data.startswith(p)]
+            if not matches:
+                data = data[1:]
+                continue
+            i = max(matches, key=lambda i: len(self.pieces[i]))
             ids.append(i)
             data = data[len(self.pieces[i]) :]
         return ids

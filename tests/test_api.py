@@ -235,7 +235,10 @@ def in_range(knob: Knob):
         "frequency_penalty": 2.0, "repetition_penalty": 1.5, "max_tokens": 1, "max_completion_tokens": 1,
         "stop": ["a", "b", "c", "d"], "context_length_exceeded_behavior": "error", "n": 2, "seed": 2**63 - 1,
         "logprobs": True, "top_logprobs": 20, "logit_bias": {"5": 100, "6": -100},
-        "sampler_order": list(reversed(STAGE_ORDER)),
+        "sampler_order": list(reversed(STAGE_ORDER)), "typical_p": 0.5, "top_n_sigma": 1.5, "xtc_probability": 1.0,
+        "xtc_threshold": 0.5, "dry_multiplier": 0.8, "dry_base": 1.0, "dry_allowed_length": 1,
+        "dry_sequence_breakers": ["\n", "."], "mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 1.0,
+        "dynatemp_range": 0.5, "dynatemp_exponent": 0.0,
     }[knob.name]
 
 
@@ -251,7 +254,7 @@ def out_of_range(knob: Knob) -> list:
             values.append(1.5)
         return values
     return {
-        "bool": ["yes"], "choice": ["sideways"], "stop": [["s"] * (MAX_STOP_SEQUENCES + 1), [""]],
+        "bool": ["yes"], "choice": ["sideways", 1], "stop": [["s"] * (MAX_STOP_SEQUENCES + 1), [""]], "strings": [[""], 5],
         "logit_bias": [{"5": 101}, {"five": 1}, {"\u00b2": 1}, {"99999999": 1}], "order": [["temperature"]],
     }[knob.kind]
 

@@ -21,24 +21,27 @@ from engine.trace import record
 INF = float("inf")
 
 
-def sample_rows(logits: torch.Tensor, params: list[SamplingParams], u: list[float]) -> torch.Tensor:
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], u: list[float], coords=None) -> torch.Tensor:
     """The full pipeline and draw over rows with their own knobs; returns each row's token."""
     B, V = logits.shape
     seen = torch.zeros(B, V, dtype=torch.bool)
     counts = torch.zeros(B, V)
-    ctx = SamplerContext(RowKnobs.of(params, V), params[0].sampler_order, seen, counts, None)
+    ctx = SamplerContext(RowKnobs.of(params, V), params[0].sampler_order, seen, counts, None,
+                         coords=coords or [(0, b, 0) for b in range(B)], memory=[{} for _ in range(B)])
     final = run_pipeline(logits, ctx)[-1][1]
     return draw(final, torch.tensor(u, dtype=torch.float64), ctx.knobs.greedy)[0]
 
 
 def reference_draw(final_row: torch.Tensor, u: float) -> int:
-    """The slow, obvious definition: softmax in float64, sort by probability (ties to the lower id),
-    walk the cumulative sum until it passes u (or stop on the last token with any probability)."""
-    p = torch.softmax(final_row.double(), dim=-1).numpy()
-    order = np.lexsort((np.arange(len(p)), -p))
-    passed = np.nonzero(np.cumsum(p[order]) > u)[0]
-    last_positive = order[np.count_nonzero(p) - 1]
-    return int(order[passed[0]]) if len(passed) and p[order[passed[0]]] > 0 else int(last_positive)
+    """The slow, obvious definition: weights exp(logit - max) in float64, their total summed in token-id
+    order; sort by weight (ties to the lower id) and walk the cumulative weight until it passes u times
+    the total, or stop on the last token with any weight."""
+    w = torch.exp(final_row.double() - final_row.max().double()).numpy()
+    total = np.cumsum(w)[-1]
+    order = np.lexsort((np.arange(len(w)), -w))
+    passed = np.nonzero(np.cumsum(w[order]) > u * total)[0]
+    last_positive = order[np.count_nonzero(w) - 1]
+    return int(order[passed[0]]) if len(passed) and w[order[passed[0]]] > 0 else int(last_positive)
 
 
 # --- a row alone or beside any other row -----------------------------------------------------
@@ -49,12 +52,19 @@ row_knobs = st.fixed_dictionaries({
     "top_k": st.sampled_from([0, 1, 5, 7, 8, 9, 30, 63, 64]),
     "top_p": st.sampled_from([1.0, 0.95, 0.6, 0.2]),
     "min_p": st.sampled_from([0.0, 0.05, 0.3]),
+    "typical_p": st.sampled_from([1.0, 0.9, 0.3]),
+    "top_n_sigma": st.sampled_from([0.0, 1.0, 2.5]),
+    "xtc_probability": st.sampled_from([0.0, 0.5, 1.0]),
+    "dynatemp_range": st.sampled_from([0.0, 0.5]),
+    "mirostat": st.sampled_from([0, 2]),
 })
 NEIGHBOURS = {
     "dense": SamplingParams.build(temperature=1.3),
     "sparse": SamplingParams.build(top_k=2),
     "greedy": SamplingParams.build(temperature=0.0),
     "wide": SamplingParams.build(top_k=60, top_p=0.999),
+    "every stage": SamplingParams.build(temperature=0.8, dynatemp_range=0.3, top_k=20, top_p=0.9, min_p=0.02, typical_p=0.95,
+                                        top_n_sigma=2.0, xtc_probability=1.0, xtc_threshold=0.05, mirostat=2),
 }
 
 
@@ -67,12 +77,14 @@ def test_a_rows_token_is_the_same_alone_and_beside_a_dense_sparse_wide_or_greedy
         x = (x * 2).round() / 2
     y = torch.randn(1, V_SMALL, generator=g) * 3
     params = SamplingParams.build(**knobs)
-    alone = sample_rows(x, [params], [u]).item()
-    assert alone == reference_draw(run_pipeline(x, SamplerContext.of(params, *_history(x)))[-1][1][0], u) or params.greedy
+    alone = sample_rows(x, [params], [u], [(seed, 0, 0)]).item()
+    final = run_pipeline(x, SamplerContext.of(params, *_history(x), coords=[(seed, 0, 0)]))[-1][1][0]
+    assert alone == reference_draw(final, u) or params.greedy
+    mine = (seed, 0, 0)
     for name, other in NEIGHBOURS.items():
-        beside = sample_rows(torch.cat([y, x]), [other, params], [0.5, u])
+        beside = sample_rows(torch.cat([y, x]), [other, params], [0.5, u], [(1, 0, 0), mine])
         assert beside[1].item() == alone, f"beside a {name} row"
-        before = sample_rows(torch.cat([x, y]), [params, other], [u, 0.5])
+        before = sample_rows(torch.cat([x, y]), [params, other], [u, 0.5], [mine, (1, 0, 0)])
         assert before[0].item() == alone, f"before a {name} row"
 
 
@@ -103,8 +115,9 @@ def test_the_draw_equals_the_slow_reference_for_every_row_and_uniform(seed, V, s
     if ties:
         x = x.round()
     x[1, torch.randperm(V, generator=g)[: max(0, V - survivors)]] = -INF  # a sparse row beside dense ones
-    tokens, landing = draw(x, torch.tensor([u, u, 1 - u], dtype=torch.float64), torch.tensor([False, False, False]))
-    for r, ur in enumerate([u, u, 1 - u]):
+    other = (u + 0.5) % 1.0  # another uniform in [0, 1)
+    tokens, landing = draw(x, torch.tensor([u, u, other], dtype=torch.float64), torch.tensor([False, False, False]))
+    for r, ur in enumerate([u, u, other]):
         assert tokens[r].item() == reference_draw(x[r], ur)
     assert landing[0].item() == u  # the uniform is where the draw landed on the sorted CDF
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.knobs import SamplingParams
+from engine.knobs import STAGE_ORDER, SamplingParams
 from engine.sampler import SamplerContext, draw, run_pipeline
 from engine.trace import Step, record
 from playground import figures
@@ -136,7 +136,12 @@ def test_inspector_has_a_row_for_raw_and_each_stage_that_acted():
     step, params = recorded_step(temperature=0.5, top_p=0.8)
     fig = figures.inspector_figure(step, TEXTS, params)
     assert [t.name for t in fig.data] == ["raw", "temperature", "top-p"]
-    assert "no change from: logit bias, repetition penalty, presence/frequency, top-k, min-p" in fig.layout.title.text
+    assert f"{len(STAGE_ORDER) - 2} stages off" in fig.layout.title.text and "no change from" not in fig.layout.title.text
+
+
+def test_inspector_names_a_stage_that_was_on_but_changed_nothing():
+    step, params = recorded_step(top_k=10)  # all four tokens survive top-k 10
+    assert "no change from: top-k" in figures.inspector_figure(step, TEXTS, params).layout.title.text
 
 
 def test_inspector_marks_the_chosen_token_and_greys_removed_ones_at_their_earlier_height():

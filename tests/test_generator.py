@@ -8,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 
 from engine.generator import Generation
-from engine.knobs import ParamError, SamplingParams
+from engine.knobs import STAGE_ORDER, ParamError, SamplingParams
 from tests.fakes import EOS, fake_lm, fixed, script
 
 PROMPT = [1]
@@ -114,7 +114,7 @@ def test_each_step_records_every_stage_with_removed_mass_that_adds_up():
     lm = fake_lm(fixed([1e-9, 0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05, 1e-9, 1e-9]), LETTERS)
     gen, steps = run(lm, seed=0, top_k=4, min_p=0.6, max_tokens=2)
     s = steps[0]
-    assert gen.stages == ("raw", "logit_bias", "repetition_penalty", "presence_frequency", "temperature", "top_k", "top_p", "min_p")
+    assert gen.stages == ("raw", *STAGE_ORDER)
     assert s.stage_probs.shape == (len(gen.stages), len(s.cand_ids))
     assert s.stage_kept[gen.stages.index("top_k")] == 4
     assert s.stage_removed[gen.stages.index("top_k")] == pytest.approx(0.1 + 0.08 + 0.05, abs=1e-5)

@@ -3,6 +3,7 @@
 import pytest
 
 from engine.knobs import KNOBS, STAGE_ORDER, ParamError, SamplingParams
+from engine.stages import PRESETS
 
 
 def error(**values) -> ParamError:
@@ -87,7 +88,7 @@ def test_top_logprobs_needs_logprobs():
 
 
 def test_sampler_order_must_be_a_permutation_of_all_stages():
-    llama = ("top_k", "top_p", "min_p", "logit_bias", "repetition_penalty", "presence_frequency", "temperature")
+    llama = PRESETS["llama.cpp"]
     assert SamplingParams.build(sampler_order=list(llama)).sampler_order == llama
     assert SamplingParams.build(sampler_order=",".join(llama)).sampler_order == llama
     assert error(sampler_order=list(STAGE_ORDER[:-1])).param == "sampler_order"

@@ -202,8 +202,8 @@ def test_pipeline_records_raw_then_every_stage_in_order():
 def test_pipeline_order_changes_the_result():
     # min-p before temperature sees the sharp distribution; after a hot temperature it keeps more.
     x = probs(0.6, 0.25, 0.1, 0.05)
-    hot_first = ("logit_bias", "repetition_penalty", "presence_frequency", "temperature", "top_k", "top_p", "min_p")
-    hot_last = ("logit_bias", "repetition_penalty", "presence_frequency", "top_k", "top_p", "min_p", "temperature")
+    hot_first = STAGE_ORDER
+    hot_last = tuple(s for s in STAGE_ORDER if s != "temperature") + ("temperature",)
     kept_first = torch.isfinite(run_pipeline(x, ctx(x, temperature=2.0, min_p=0.3, sampler_order=hot_first))[-1][1]).sum()
     kept_last = torch.isfinite(run_pipeline(x, ctx(x, temperature=2.0, min_p=0.3, sampler_order=hot_last))[-1][1]).sum()
     assert (kept_first, kept_last) == (3, 2)

@@ -13,10 +13,11 @@ from engine.batch import Batch, Prefill
 from engine.generator import Generation
 from engine.knobs import SamplingParams
 from engine.scheduler import END, Limits, Refused, Scheduler
+from engine.stages import PRESETS
 from tests.fakes import EOS, FakeModel, fake_lm
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh"]  # ids 2..9 = a..h
-LLAMA_CPP = ("logit_bias", "repetition_penalty", "presence_frequency", "top_k", "top_p", "min_p", "temperature")
+LLAMA_CPP = PRESETS["llama.cpp"]
 
 
 def chatty(history):

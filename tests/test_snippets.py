@@ -10,6 +10,7 @@ import types
 
 import pytest
 
+from engine.stages import PRESETS
 from engine.knobs import SamplingParams
 from playground import snippets
 
@@ -37,7 +38,7 @@ def test_default_settings_send_only_model_and_messages():
 
 
 def test_logit_bias_and_sampler_order_go_in_api_shapes():
-    order = ["logit_bias", "repetition_penalty", "presence_frequency", "top_k", "top_p", "min_p", "temperature"]
+    order = list(PRESETS["llama.cpp"])
     body = body_for(logit_bias={7042: -100}, sampler_order=order)
     assert body["logit_bias"] == {"7042": -100.0} and body["sampler_order"] == order
 
