@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,6 +42,7 @@ class Row:
     index: int  # which of the job's n completions
     state: RowState
     position: int  # position in the completion of the token this row draws next
+    forced: list[int] = field(default_factory=list)  # prefix tokens still to feed one step at a time
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Prefill:
 
     def __init__(self, job: "Generation", chunk: int = PREFILL_CHUNK):
         self.job, self.chunk = job, chunk
-        self.ids = job.prompt_ids + job.prefix_ids
+        # A replay feeds its prefix one decode step at a time (Batch.join), as the run it redoes did.
+        self.ids = job.prompt_ids if job.replay_prefix else job.prompt_ids + job.prefix_ids
         self.done = 0
         self.cache = None
         self.logits: torch.Tensor | None = None  # (1, V) once the whole prompt is in
@@ -100,6 +102,7 @@ class Batch:
         self.counts: torch.Tensor | None = None  # (B, V) float32: times generated so far
         self.bias: torch.Tensor | None = None  # (B, V) float32 logit_bias; None while no row has one
         self._groups: list[_Group] | None = None
+        self._fed_last = False  # some row fed a prefix token last step: the cached groups are stale
 
     @property
     def width(self) -> int:
@@ -120,12 +123,13 @@ class Batch:
 
     def join(self, job: "Generation", cache, logits: torch.Tensor) -> None:
         """Add the n rows of a prefilled job: `cache` holds its prompt (batch 1), `logits` (1, V) its
-        next-token logits. Joins happen between `advance` and `sample`, when every row has its logits."""
+        next-token logits. Joins happen between `advance` and `sample`, when every row has its logits.
+        A replay's prefix is not in the cache yet: its rows feed it first, a token a step."""
         assert self.pending is None, "advance the batch before a job joins"
         n, V, dev = job.params.n, self.lm.vocab_size, self.lm.device
         if n > 1:
             cache.batch_repeat_interleave(n)
-        L = len(job.prompt_ids) + len(job.prefix_ids)
+        L = len(job.prompt_ids) + (0 if job.replay_prefix else len(job.prefix_ids))
         history = torch.tensor(job.prompt_ids + job.prefix_ids, device=dev)
         seen = torch.zeros(n, V, dtype=torch.bool, device=dev)
         seen[:, history[history < V]] = True
@@ -134,7 +138,8 @@ class Batch:
             counts[:, tok] += 1
         mask = torch.ones(n, L, dtype=torch.bool, device=dev)
         length = torch.full((n,), L, dtype=torch.long, device=dev)
-        rows = [Row(job, i, job.row_state(i), len(job.prefix_ids)) for i in range(n)]
+        rows = [Row(job, i, job.row_state(i), len(job.prefix_ids), list(job.prefix_ids) if job.replay_prefix else [])
+                for i in range(n)]
         logits = logits.expand(n, V)
         bias = job.dense_bias()
         self._lengths += [L] * n
@@ -247,12 +252,19 @@ class Batch:
         B = len(self.rows)
         tokens = torch.empty(B, dtype=torch.long, device=self.lm.device)
         records: list[dict] = [{}] * B
-        for g in self._group_list():
+        feeding = [b for b, row in enumerate(self.rows) if row.forced]
+        for b in feeding:  # a replay's prefix: the token is given, nothing is drawn or recorded
+            tokens[b] = self.rows[b].forced.pop(0)
+        for g in self._group_list(feeding):
             self._sample(g, tokens, records)
 
         steps: dict["Generation", list[Step]] = defaultdict(list)
-        keep = []
+        keep, drawn = [], []
         for b, (row, token) in enumerate(zip(self.rows, tokens.tolist())):
+            if b in feeding:
+                keep.append(b)
+                continue
+            drawn.append(b)
             job, i = row.job, row.index
             last = row.position == len(job.prefix_ids) + job.max_tokens - 1
             text, delta, finish = row.state.feed(token, last)
@@ -265,20 +277,23 @@ class Batch:
                 job.finish_reasons[i] = finish
             else:
                 keep.append(b)
-        batch = torch.arange(B, device=self.lm.device)
-        self.seen[batch, tokens] = True
-        self.counts[batch, tokens] += 1
+        # The prefix is already in seen and counts (join): only drawn tokens are new history.
+        drawn_rows = torch.tensor(drawn, dtype=torch.long, device=self.lm.device)
+        self.seen[drawn_rows, tokens[drawn_rows]] = True
+        self.counts[drawn_rows, tokens[drawn_rows]] += 1
         self.logits = None
         self._keep(keep)
         if self.rows:
             self.pending = tokens[keep] if len(keep) < B else tokens
         return dict(steps), [job for job in steps if job.done]
 
-    def _group_list(self) -> list[_Group]:
-        if self._groups is None:
+    def _group_list(self, feeding: list[int]) -> list[_Group]:
+        """The rows that draw this step, grouped by pipeline; cached while no row is feeding a prefix."""
+        if self._groups is None or feeding or self._fed_last:
             by_key: dict[tuple, list[int]] = defaultdict(list)
             for b, row in enumerate(self.rows):
-                by_key[row.job.constrained, row.job.params.sampler_order].append(b)
+                if b not in feeding:
+                    by_key[row.job.constrained, row.job.params.sampler_order].append(b)
             groups = []
             for (constrained, _), members in by_key.items():
                 params = [self.rows[b].job.params for b in members]
@@ -286,6 +301,7 @@ class Batch:
                 knobs = RowKnobs.of(params, self.lm.vocab_size, self.lm.device)
                 groups.append(_Group(constrained, members, index, knobs, [p.record_k for p in params]))
             self._groups = groups
+        self._fed_last = bool(feeding)
         return self._groups
 
     def _sample(self, g: _Group, tokens: torch.Tensor, records: list[dict]) -> None:

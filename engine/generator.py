@@ -45,6 +45,7 @@ class Generation:
         thinking: Thinking | None = None,
         first_index: int = 0,
         memory: dict | None = None,
+        replay_prefix: bool = False,
     ):
         """prefix_ids: tokens the completion already holds (branching from a step): they count as
         generated for the penalties and continue the text, but are not emitted again.
@@ -52,7 +53,9 @@ class Generation:
         the <think> section, closed by force when spent. Either adds the "constraint" stage.
         first_index: the completion index of this generation's first completion for its random numbers
         (a branch of completion 3 continues completion 3's numbers). memory: the stateful stages' state to
-        start from (a branch continues its original's mirostat mu)."""
+        start from (a branch continues its original's mirostat mu). replay_prefix: feed the prefix through
+        the model one token per step, exactly as the run that drew it did, instead of with the prompt, so
+        the next step's logits are bit for bit the run's (a replay of a recorded step)."""
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
         self.prefix_ids = list(prefix_ids)
@@ -61,6 +64,7 @@ class Generation:
         self._stop = threading.Event()
         self.first_index = first_index
         self.memory = dict(memory or {})
+        self.replay_prefix = replay_prefix and bool(prefix_ids)
         self.constrained = grammar is not None or thinking is not None
         self.stages = ("raw", *(("constraint",) if self.constrained else ()), *params.sampler_order)
         self.thinking = thinking

@@ -1,28 +1,15 @@
-"""The sampler: pure stages on float32 logits, run in one ordered, visible list, then one draw.
+"""The sampler: the stages of engine/stages.py run in one ordered, visible list, then one draw.
 
-Default order (engine/knobs.py STAGE_ORDER), the one Hugging Face and vLLM use:
-  0. constraint          only when a grammar or a thinking budget is active: forbid what it forbids;
-                         always first, so no later truncation can leave nothing allowed
-  1. logit_bias          add the user's per-token bias (OpenAI logit_bias)
-  2. repetition_penalty  CTRL (Keskar et al. 2019) over prompt and output tokens
-  3. presence_frequency  OpenAI's penalties over generated tokens
-  4. temperature         divide the logits; 0 keeps only the argmax (greedy)
-  5. top_k               keep the k highest logits
-  6. top_p               keep the smallest head of the sorted distribution holding top_p of the mass
-  7. min_p               keep tokens with p >= min_p * p_max (Nguyen et al. 2024)
-  8. draw                inverse-CDF sample from softmax(final logits), or argmax when greedy
+    stages = run_pipeline(logits, ctx, constrained)   # [("raw", logits), (stage, logits after it), ...]
+    tokens, landing = draw(stages[-1][1], u, greedy)
+    learn(stages, ctx, tokens)                         # stateful stages (mirostat) learn from the draw
 
-Edits to the logits come before temperature so that temperature shapes what the truncations then see;
-llama.cpp puts temperature last instead, which is why the order is a parameter.
+The order is `ctx.order` (the sampler_order knob; the default and the engines' presets are in
+engine/stages.py), after the constraint stage when a grammar or a thinking budget is active: always
+first, so no later truncation can leave nothing allowed.
 
-Every stage is `(logits (B, V) float32, ctx) -> logits (B, V)`, and every knob is per row (vLLM's
-pattern): a row whose knob is off holds its neutral value, which leaves that row's logits bit for bit as
-they were. A stage no row uses returns its input object itself, which lets the recorder skip identical
-snapshots. A stage never writes into its input (the "before" picture must stay true). Removed tokens get
--inf.
-
-No row's result may depend on the rows beside it: every computation here is row-wise, and where a fast
-path exists (few survivors) it yields exactly what the slow path would, tie-breaks included. Ties in
+No row's result may depend on the rows beside it: every computation is row-wise, and where a fast path
+exists (few survivors) it yields exactly what the slow path would, tie-breaks included. Ties in
 probability are always broken toward the lower token id, the rule argmax uses.
 """
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import gradio as gr
 
-from engine.knobs import KNOBS, REQUEST_KNOBS, ParamError, SamplingParams
+from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER, ParamError, SamplingParams
 from engine.model import LoadedModel
 from engine.reasoning import supports_thinking
 from engine.scheduler import Refused
+from engine.stages import PRESETS, STAGES
 from playground import figures, snippets, tokenview, ui_records, ui_runs
 from playground.models import ModelHost
 from playground.ui_settings import (
@@ -41,10 +42,10 @@ MODEL_CONCURRENCY = 64
 DEFAULT_MESSAGE = "Write a short poem about the sea."
 DEFAULT_SETTINGS_B = '{"temperature": 1.5, "top_p": 1.0, "min_p": 0.0}'
 
-INTRO = """# Sampling Playground
+INTRO = f"""# Sampling Playground
 Every knob of an OpenAI-style chat-completions API, and what each sampler stage did to the distribution a
-token was drawn from. Pipeline (default order): **raw → logit bias → repetition penalty → presence/frequency →
-temperature → top-k → top-p → min-p → draw**. Generate, then click any token."""
+token was drawn from. Pipeline (default order): **raw → {' → '.join(STAGES[n].label for n in STAGE_ORDER)} → draw**.
+Generate, then click any token."""
 
 # Clicking a token selects its step: the token view turns the click into a Gradio event.
 TOKENVIEW_JS = """
@@ -248,6 +249,15 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                                     elem_id="settings-b")
                             compare_btn = gr.Button("Compare", scale=1, elem_id="compare")
                         compare_html = gr.HTML(elem_id="compare-view")
+                    with gr.Tab("Replay"):
+                        gr.Markdown("Redo the selected step with the same random number under another engine's "
+                                    "sampler order, and see whether it would have picked another token.")
+                        with gr.Row():
+                            replay_dd = gr.Dropdown(list(PRESETS), value="llama.cpp", label="Engine order", scale=3,
+                                                    elem_id="replay-order")
+                            replay_btn = gr.Button("Replay this step", scale=1, elem_id="replay")
+                        replay_md = gr.Markdown(elem_id="replay-note")
+                        replay_plot = gr.Plot(elem_id="replay-plot", show_label=False)
                     with gr.Tab("View code"):
                         gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
                                     "(only knobs that differ from the API defaults are sent).")
@@ -488,6 +498,39 @@ def build_ui(host: ModelHost) -> gr.Blocks:
             yield {compare_html: html, runs_state: runs, view_dd: gr.update(choices=_view_choices(runs))}
 
         compare_btn.click(compare, [runs_state, settings_b, *settings_inputs], [compare_html, runs_state, view_dd], **model_events)
+
+        # ---- replay: the selected step under another engine's order ----
+        def replay(runs, view, completion, step, preset, request: gr.Request):
+            if not runs or view is None:
+                yield {replay_md: "Generate first, then pick a step."}
+                return
+            run, c, pos = runs[view], int(completion) - 1, int(step)
+            lm = host.get(run["model"])
+            order = PRESETS[preset]
+            stop = _new_stop(request)
+            try:
+                gens = ui_runs.replay(lm, run, c, pos, [tuple(run["params"]["sampler_order"]), order], cancel=stop.is_set)
+                scheduler = host.scheduler(lm.name)
+                tickets = [ui_runs.submit(scheduler, g) for g in gens]
+            except (ParamError, IndexError, Refused) as e:
+                yield {replay_md: f"Cannot replay: {e}"}
+                return
+            yield {replay_md: f"Replaying step {pos}…"}
+            for ticket in tickets:
+                for _ in ticket:
+                    pass
+            if any(not g.completions[0] for g in gens):
+                yield {replay_md: "Replay stopped."}
+                return
+            texts = dict(run["texts"])
+            mine, other = (ui_runs.replayed_step(lm, g, texts) for g in gens)
+            recorded = run["completions"][c]["steps"][pos]
+            note = ui_records.explain_replay(recorded, mine, other, texts, preset)
+            params = {**run["params"], "sampler_order": list(order)}
+            yield {replay_md: f"**Step {pos}**: {note}", replay_plot: figures.inspector_figure(other, texts, params)}
+
+        replay_btn.click(replay, [runs_state, view_dd, completion_radio, step_slider, replay_dd], [replay_md, replay_plot],
+                         **model_events)
 
         # ---- settings helpers ----
         def reset():

@@ -136,3 +136,26 @@ def changed_stage(sa: Step, sb: Step, ids: tuple[int, ...]) -> str | None:
             if prob_a[t] is not None and prob_b[t] is not None and abs(prob_a[t][s] - prob_b[t][t_b]) > 5e-6:
                 return st["name"]
     return None
+
+
+def explain_replay(recorded: Step, mine: Step, other: Step, texts: dict[int, str], other_name: str) -> str:
+    """Plain sentences on a replayed step: what this run's order and another engine's order pick with the
+    same random number, and how their final distributions differ."""
+    def picked(step: Step) -> str:
+        j = step["candidates"].index(step["token_id"])
+        return f"'{token_label(texts, step['token_id'])}' (p = {step['stages'][-1]['probs'][j]:.3f})"
+
+    u = "greedy, no random number" if mine["draw"] is None else f"the same random number {mine['draw']:.3f}"
+    kept_mine, kept_other = mine["stages"][-1]["kept"], other["stages"][-1]["kept"]
+    if mine["token_id"] == other["token_id"]:
+        text = f"With {u}, both orders pick {picked(mine)}."
+    else:
+        text = f"With {u}, this run's order picks {picked(mine)}; {other_name}'s order would pick {picked(other)}."
+    if kept_mine != kept_other:
+        text += f" The final distribution keeps {kept_mine} tokens in this run's order and {kept_other} in {other_name}'s."
+    else:
+        text += f" Both final distributions keep {kept_mine} token{'s' * (kept_mine != 1)}."
+    if recorded["token_id"] != mine["token_id"] and not recorded.get("forced"):
+        text += (f" (Recomputed from the prompt, the step's logits differ a little from the run's, which drew "
+                 f"'{token_label(texts, recorded['token_id'])}' here.)")
+    return text

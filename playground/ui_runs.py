@@ -175,8 +175,39 @@ def branch(
     # The same request as the original (grammar, thinking budget), continued after the prefix.
     chat = ChatRequest.build(lm, run["messages"], params, **run.get("extras", {}))
     chat.prompt_ids = list(run["prompt_ids"])
-    gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"])
+    gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"], memory=_memory_at(src[position]))
     return gen, out, prefix_text
+
+
+def _memory_at(step: dict[str, Any]) -> dict[str, float]:
+    """What the stateful stages knew at this step (mirostat's mu), for a generation that starts there."""
+    mu = (step.get("notes") or {}).get("mirostat_mu")
+    return {} if mu is None else {"mirostat_mu": mu}
+
+
+def replay(lm: LoadedModel, run: Run, completion: int, position: int, orders: list[tuple[str, ...]],
+           cancel: Callable[[], bool] | None = None) -> list[Generation]:
+    """One-token generations that redo step `position` of a completion under each sampler order: the same
+    prompt and earlier tokens, the same knobs and the same random number (seed, completion, position);
+    only the order differs. The earlier tokens go through the model one step at a time, as they did in the
+    run, so the step's logits are the run's own, bit for bit."""
+    src = run["completions"][completion]["steps"]
+    if not 0 <= position < len(src):
+        raise IndexError(f"step must be in [0, {len(src) - 1}], got {position}")
+    prefix = [s["token_id"] for s in src[:position]]
+    base = SamplingParams.build(**{**run["params"], "n": 1, "max_tokens": 1, "max_completion_tokens": None})
+    gens = []
+    for order in orders:
+        chat = ChatRequest.build(lm, run["messages"], base.with_(sampler_order=tuple(order)), **run.get("extras", {}))
+        chat.prompt_ids = list(run["prompt_ids"])
+        gens.append(chat.generation(cancel=cancel, prefix_ids=prefix, first_index=run.get("first_index", 0) + completion,
+                                    memory=_memory_at(src[position]), replay_prefix=True))
+    return gens
+
+
+def replayed_step(lm: LoadedModel, gen: Generation, texts: dict[int, str]) -> dict[str, Any]:
+    """The one step a finished replay generation made, as UI state (with its token texts in `texts`)."""
+    return step_dict(lm, gen.completions[0][0], gen.stages, texts)
 
 
 def _forced_step(original: dict[str, Any], alt_id: int, text: str) -> dict[str, Any]:

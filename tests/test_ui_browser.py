@@ -88,6 +88,17 @@ def test_branching_continues_from_an_alternative_next_to_the_original(page):
     page.screenshot(path=str(ARTIFACTS / "ui-branch.png"), full_page=True)
 
 
+def test_replay_redoes_the_selected_step_under_another_engines_order(page):
+    page.get_by_role("tab", name="Replay").click()
+    page.click("#replay")
+    page.wait_for_function("/orders? (would )?picks?/.test(document.querySelector('#replay-note').innerText)",
+                           timeout=GENERATION_TIMEOUT_MS)
+    note = page.inner_text("#replay-note")
+    assert "With the same random number" in note and "final distribution" in note
+    page.wait_for_selector("#replay-plot .js-plotly-plot", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "ui-replay.png"), full_page=True)
+
+
 def test_stop_cancels_a_long_generation(page):
     fill(page, "knob-max_tokens", "2000")
     fill(page, "message", "Tell me a long story.")

@@ -66,3 +66,16 @@ def test_a_run_that_ends_earlier_diverges_where_it_ended():
     a = [recorded_step(u=0.1, position=i)[0] for i in range(2)]
     assert ui_records.first_divergence(a, a[:1]) == 1
     assert "B ended while the other went on" in ui_records.explain_divergence(a, a[:1], TEXTS)
+
+
+def test_replay_note_names_what_each_order_picks_with_the_same_random_number():
+    mine = recorded_step(u=0.6, temperature=0.5)[0]  # Paris
+    other = recorded_step(u=0.6, temperature=1.5)[0]  # London
+    text = ui_records.explain_replay(mine, mine, other, TEXTS, "llama.cpp")
+    assert text.startswith("With the same random number 0.600, this run's order picks '␣Paris'")
+    assert "llama.cpp's order would pick '␣London'" in text
+
+
+def test_replay_note_says_when_both_orders_agree():
+    mine = recorded_step(u=0.1, top_p=0.6)[0]
+    assert "both orders pick '␣Paris'" in ui_records.explain_replay(mine, mine, mine, TEXTS, "vLLM")

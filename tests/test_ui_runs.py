@@ -121,3 +121,41 @@ def test_a_required_tool_choice_run_ends_in_a_tool_call_with_the_constraint_stag
     # A branch keeps the grammar: it still ends in a call.
     _, branched, _ = ui_runs.branch(lm, run, 0, 3, run["completions"][0]["steps"][3]["token_id"], "B")
     assert branched["extras"] == extras
+
+
+def test_replay_redoes_a_step_with_the_same_random_number_under_each_order(lm):
+    from engine.stages import PRESETS
+
+    gen, run = finished(lm, SamplingParams.build(max_tokens=4, seed=5, temperature=2.0, min_p=0.3))
+    gens = ui_runs.replay(lm, run, 0, 0, [PRESETS["Hugging Face"], PRESETS["llama.cpp"]])
+    for g in gens:
+        for _ in g:
+            pass
+    texts = dict(run["texts"])
+    hf, llama = (ui_runs.replayed_step(lm, g, texts) for g in gens)
+    assert hf["position"] == llama["position"] == 0 and hf["draw"] == llama["draw"] == run["completions"][0]["steps"][0]["draw"]
+    # Temperature 2 before min-p (Hugging Face) flattens what min-p sees: it keeps more than llama.cpp's order.
+    assert hf["stages"][-1]["kept"] > llama["stages"][-1]["kept"]
+    assert [s["name"] for s in llama["stages"]] == ["raw", *PRESETS["llama.cpp"]]
+
+
+def test_a_branch_and_a_replay_continue_mirostats_mu(lm):
+    gen, run = finished(lm, SamplingParams.build(max_tokens=5, seed=2, mirostat=2, mirostat_tau=3.0))
+    step = run["completions"][0]["steps"][3]
+    replayed = ui_runs.replay(lm, run, 0, 3, [tuple(run["params"]["sampler_order"])])[0]
+    for _ in replayed:
+        pass
+    assert replayed.completions[0][0].notes["mirostat_mu"] == pytest.approx(step["notes"]["mirostat_mu"])
+
+
+def test_a_replay_under_the_runs_own_order_reproduces_the_recorded_step_exactly(lm):
+    gen, run = finished(lm, SamplingParams.build(max_tokens=6, seed=5, temperature=2.0, min_p=0.1))
+    for position in (2, 5):
+        again = ui_runs.replay(lm, run, 0, position, [tuple(run["params"]["sampler_order"])])[0]
+        for _ in again:
+            pass
+        step = ui_runs.replayed_step(lm, again, dict(run["texts"]))
+        recorded = run["completions"][0]["steps"][position]
+        assert step["token_id"] == recorded["token_id"] and step["candidates"] == recorded["candidates"]
+        for mine, theirs in zip(step["stages"], recorded["stages"]):
+            assert mine["kept"] == theirs["kept"] and mine["probs"] == pytest.approx(theirs["probs"], abs=1e-5)
