@@ -29,6 +29,7 @@ from engine.rng import uniform
 from engine.rows import RowState
 from engine.sampler import RowKnobs, SamplerContext, draw, learn, run_pipeline
 from engine.trace import Step, record
+from engine.whatif import Snapshot
 
 if TYPE_CHECKING:
     from engine.generator import Generation
@@ -254,7 +255,13 @@ class Batch:
         records: list[dict] = [{}] * B
         feeding = [b for b, row in enumerate(self.rows) if row.forced]
         for b in feeding:  # a replay's prefix: the token is given, nothing is drawn or recorded
-            tokens[b] = self.rows[b].forced.pop(0)
+            row = self.rows[b]
+            if row.job.capture and row.index == 0 and not row.job.constrained:
+                # Without a grammar these logits are all that step's sampler saw (a grammar's mask is
+                # only known at the drawn step: the matcher has already followed the whole prefix).
+                at = len(row.job.prefix_ids) - len(row.forced)
+                row.job.snapshots[at] = Snapshot(self.logits[b].detach().float().cpu().clone(), None)
+            tokens[b] = row.forced.pop(0)
         for g in self._group_list(feeding):
             self._sample(g, tokens, records)
 
@@ -316,6 +323,10 @@ class Batch:
                              history=[r.state.history for r in rows], breakers=[r.job.dry_breakers for r in rows],
                              memory=[r.state.memory for r in rows], coords=coords)
         stages = run_pipeline(rows_of(self.logits), ctx, g.constrained)
+        for i, r in enumerate(rows):
+            if r.job.capture and r.index == 0:
+                mask = None if allowed is None else allowed[i].cpu().clone()
+                r.job.snapshots[r.position] = Snapshot(stages[0][1][i].detach().float().cpu().clone(), mask)
         u = torch.tensor([uniform(*c) for c in coords], dtype=torch.float64)
         chosen, landing = draw(stages[-1][1], u, g.knobs.greedy)
         learn(stages, ctx, chosen)

@@ -68,10 +68,10 @@ class ChatRequest:
         return cls(lm, prompt_ids, params, functions, choice, grammar or answer_grammar, thinking)
 
     def generation(self, cancel: Callable[[], bool] | None = None, prefix_ids: list[int] = (), first_index: int = 0,
-                   memory: dict | None = None, replay_prefix: bool = False) -> Generation:
+                   memory: dict | None = None, replay_prefix: bool = False, capture: bool = False) -> Generation:
         return Generation(self.lm, self.prompt_ids, self.params, cancel=cancel, prefix_ids=list(prefix_ids),
                           grammar=self.grammar, thinking=self.thinking, first_index=first_index, memory=memory,
-                          replay_prefix=replay_prefix)
+                          replay_prefix=replay_prefix, capture=capture)
 
     def message(self, text: str, finish_reason: str | None) -> dict:
         """The assistant message for a completion: content, reasoning_content, tool_calls, finish_reason."""

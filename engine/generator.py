@@ -31,6 +31,7 @@ from engine.model import LoadedModel
 from engine.reasoning import Thinking
 from engine.rows import RowState
 from engine.trace import Step
+from engine.whatif import Snapshot, dry_breakers
 
 
 class Generation:
@@ -46,6 +47,7 @@ class Generation:
         first_index: int = 0,
         memory: dict | None = None,
         replay_prefix: bool = False,
+        capture: bool = False,
     ):
         """prefix_ids: tokens the completion already holds (branching from a step): they count as
         generated for the penalties and continue the text, but are not emitted again.
@@ -55,7 +57,9 @@ class Generation:
         (a branch of completion 3 continues completion 3's numbers). memory: the stateful stages' state to
         start from (a branch continues its original's mirostat mu). replay_prefix: feed the prefix through
         the model one token per step, exactly as the run that drew it did, instead of with the prompt, so
-        the next step's logits are bit for bit the run's (a replay of a recorded step)."""
+        the next step's logits are bit for bit the run's (a replay of a recorded step). capture: keep what
+        completion 0's sampler saw at each position of the replayed prefix and at its first drawn step
+        (`snapshots`, engine/whatif.py), for a live what-if on those steps."""
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
         self.prefix_ids = list(prefix_ids)
@@ -65,13 +69,15 @@ class Generation:
         self.first_index = first_index
         self.memory = dict(memory or {})
         self.replay_prefix = replay_prefix and bool(prefix_ids)
+        self.capture = capture
+        self.snapshots: dict[int, "Snapshot"] = {}  # position -> what completion 0 sampled from there
         self.constrained = grammar is not None or thinking is not None
         self.stages = ("raw", *(("constraint",) if self.constrained else ()), *params.sampler_order)
         self.thinking = thinking
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.max_tokens = self._fit_length()
         self._check_bias()
-        self.dry_breakers = self._dry_breakers() if params.dry_multiplier > 0 else frozenset()
+        self.dry_breakers = dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if params.dry_multiplier > 0 else frozenset()
         n = params.n
         self.matchers = grammar.start(lm, n) if grammar is not None else None  # ParamError for a bad grammar
         self.thinks = [thinking.start() for _ in range(n)] if thinking else None
@@ -133,14 +139,6 @@ class Generation:
         for token, _ in self.params.logit_bias:
             if token >= V:
                 raise ParamError("logit_bias", f"logit_bias token id {token} is outside the vocabulary [0, {V - 1}]")
-
-    def _dry_breakers(self) -> frozenset[int]:
-        """DRY's sequence breakers as token ids: the last token of "a" + breaker, i.e. the breaker as it
-        follows a word (text-generation-webui's rule); a breaker the tokenizer drops is skipped."""
-        encode = self.lm.tokenizer.encode
-        word = encode("a", add_special_tokens=False)
-        ids = [encode("a" + b, add_special_tokens=False) for b in self.params.dry_sequence_breakers]
-        return frozenset(t[-1] for t in ids if t and t != word)
 
     def dense_bias(self) -> torch.Tensor | None:
         """(V,) float32 logit_bias on the model's device, None without one. Built by the decode loop's

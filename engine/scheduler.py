@@ -4,6 +4,7 @@
     ticket = scheduler.submit(generation)          # may raise Refused (queue full, or too large ever to run)
     for steps in ticket: ...                       # the same Steps iterating the generation alone gives
     ticket.ahead                                   # jobs before it in the queue; 0 once it runs
+    scheduler.call(fn)                             # fn() on the loop's thread, between two steps
 
 A background thread runs the loop. Each turn it admits waiting jobs first-in first-out while the batch
 has room (rows in flight, token slots in the KV cache), prefills one chunk of the oldest joining job,
@@ -25,14 +26,16 @@ import queue
 import threading
 import traceback
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from engine.batch import PREFILL_CHUNK, Batch, Prefill
 from engine.generator import Generation
 from engine.model import LoadedModel
 from engine.trace import Step
 
+T = TypeVar("T")
 END = object()  # delivered after a job's last steps
 IDLE_EXIT_S = 2.0  # an idle loop's thread ends after this long (and with it its OpenMP threads)
 
@@ -53,6 +56,13 @@ def _give_back_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
+
+
+def _settle(future: Future, fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as e:  # the caller gets it; the loop goes on
+        future.set_exception(e)
 
 
 class Refused(Exception):
@@ -101,6 +111,7 @@ class Scheduler:
         self._waiting: deque[Ticket] = deque()
         self._joining: deque[tuple[Ticket, Prefill]] = deque()
         self._running: dict[Generation, Ticket] = {}
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._mergeable: bool | None = None  # whether this model's cache lets jobs share a batch
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -133,11 +144,28 @@ class Scheduler:
                               f"{lim.max_queue}); retry shortly.", retry=True)
             ticket.ahead = len(self._waiting)
             self._waiting.append(ticket)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"decode:{self.lm.name}", daemon=True)
-                self._thread.start()
+            self._start()
             self._cv.notify()
         return ticket
+
+    def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """fn() run on the loop's thread between two steps; its result, or its exception raised here. For
+        tensor work outside the batch (a what-if on a recorded step), which must not run on another
+        long-lived thread (see the module docstring). A call waits at most one step."""
+        future: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise Refused("the server is shutting down", retry=True)
+            self._calls.append((fn, future))
+            self._start()
+            self._cv.notify()
+        return future.result(timeout=timeout)
+
+    def _start(self) -> None:
+        """With the lock held: a loop thread, unless one is running."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"decode:{self.lm.name}", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         with self._cv:
@@ -159,8 +187,17 @@ class Scheduler:
                         return
                 if self._closed:
                     self._fail_all(RuntimeError("the server is shutting down"))
+                    for _, future in self._calls:
+                        future.set_exception(Refused("the server is shutting down", retry=True))
+                    self._calls.clear()
                     return
                 self._admit()
+                calls = list(self._calls)
+                self._calls.clear()
+            for fn, future in calls:
+                _settle(future, fn)
+            if not (self._joining or self.batch.rows):
+                continue
             try:
                 self._turn()
             except Exception as e:  # a model error ends the jobs it touched, never the loop
@@ -168,7 +205,7 @@ class Scheduler:
                 self._fail_all(e, waiting=False)
 
     def _busy(self) -> bool:
-        return bool(self._waiting or self._joining or self.batch.rows)
+        return bool(self._waiting or self._joining or self.batch.rows or self._calls)
 
     def _drop_left(self) -> None:
         """Waiting jobs whose clients left (or that were cancelled) leave the queue. With the lock held."""

@@ -11,6 +11,7 @@ engine's Generation; it imports no Gradio, so it is tested with the real model d
 from __future__ import annotations
 
 import math
+import queue
 import time
 from typing import Any, Callable, Iterator
 
@@ -18,8 +19,12 @@ from engine.chat import ChatRequest, assistant_message
 from engine.generator import Generation
 from engine.knobs import SamplingParams
 from engine.model import LoadedModel
-from engine.scheduler import END, Scheduler, Ticket
+from engine.scheduler import END, Refused, Scheduler, Ticket
 from engine.trace import Step
+from engine.whatif import Snapshot, Snapshots, resample, snapshot_key
+
+# What-if snapshots (a step's raw logits), shared by every session: 256 MiB holds about 1,300 SmolLM2 steps.
+SNAPSHOTS = Snapshots()
 
 Run = dict[str, Any]
 
@@ -186,7 +191,7 @@ def _memory_at(step: dict[str, Any]) -> dict[str, float]:
 
 
 def replay(lm: LoadedModel, run: Run, completion: int, position: int, orders: list[tuple[str, ...]],
-           cancel: Callable[[], bool] | None = None) -> list[Generation]:
+           cancel: Callable[[], bool] | None = None, capture: bool = False) -> list[Generation]:
     """One-token generations that redo step `position` of a completion under each sampler order: the same
     prompt and earlier tokens, the same knobs and the same random number (seed, completion, position);
     only the order differs. The earlier tokens go through the model one step at a time, as they did in the
@@ -201,7 +206,7 @@ def replay(lm: LoadedModel, run: Run, completion: int, position: int, orders: li
         chat = ChatRequest.build(lm, run["messages"], base.with_(sampler_order=tuple(order)), **run.get("extras", {}))
         chat.prompt_ids = list(run["prompt_ids"])
         gens.append(chat.generation(cancel=cancel, prefix_ids=prefix, first_index=run.get("first_index", 0) + completion,
-                                    memory=_memory_at(src[position]), replay_prefix=True))
+                                    memory=_memory_at(src[position]), replay_prefix=True, capture=capture))
     return gens
 
 
@@ -229,3 +234,126 @@ def _forced_step(original: dict[str, Any], alt_id: int, text: str) -> dict[str, 
         forced=True,
     )
     return step
+
+
+# --- live what-if ----------------------------------------------------------------------------------
+
+
+def _tokens(run: Run, completion: int) -> list[int]:
+    return [s["token_id"] for s in run["completions"][completion]["steps"]]
+
+
+def cached_snapshot(lm: LoadedModel, run: Run, completion: int, position: int) -> Snapshot | None:
+    return SNAPSHOTS.get(snapshot_key(lm.name, run["prompt_ids"], _tokens(run, completion)[:position], run.get("extras")))
+
+
+def snapshot(lm: LoadedModel, scheduler: Scheduler, run: Run, completion: int, position: int,
+             cancel: Callable[[], bool] | None = None) -> Snapshot | None:
+    """The step's exact raw logits (and grammar mask): from the cache, else by replaying the completion
+    up to the step in the model's shared batch (one decode step per earlier token, as the run made
+    them). Every step on the way is cached too. None when cancelled."""
+    snap = cached_snapshot(lm, run, completion, position)
+    if snap is not None:
+        return snap
+    gen = replay(lm, run, completion, position, [tuple(run["params"]["sampler_order"])], cancel=cancel, capture=True)[0]
+    for _ in scheduler.submit(gen):
+        pass
+    tokens = _tokens(run, completion)
+    for p, s in gen.snapshots.items():
+        SNAPSHOTS.put(snapshot_key(lm.name, run["prompt_ids"], tokens[:p], run.get("extras")), s)
+    return gen.snapshots.get(position)
+
+
+def what_if(lm: LoadedModel, scheduler: Scheduler, snap: Snapshot, run: Run, completion: int, position: int,
+            params: SamplingParams) -> dict[str, Any]:
+    """Step `position` of a completion sampled again from its snapshot under `params`, with the same
+    random number: {"step" (a step dict, as recorded ones), "texts", "ledger" (each row with its "text"),
+    "params" (plain, as a run's)}. The run's own settings give back the recorded step."""
+    src = run["completions"][completion]["steps"]
+    if not 0 <= position < len(src):
+        raise IndexError(f"step must be in [0, {len(src) - 1}], got {position}")
+    earlier = _tokens(run, completion)[:position]
+    coords = (run["params"]["seed"], run.get("first_index", 0) + completion, position)
+    constrained = "constraint" in run["stages"]
+    out = scheduler.call(lambda: resample(lm, snap, params, run["prompt_ids"], earlier, coords, _memory_at(src[position]),
+                                          constrained))
+    texts = dict(run["texts"])
+    step = step_dict(lm, out.step, out.stages, texts)
+    ledger = [{**row, "text": texts.setdefault(row["id"], lm.token_text(row["id"]))} for row in out.ledger]
+    return {"step": step, "texts": texts, "ledger": ledger, "params": {**params.to_dict(), "seed": run["params"]["seed"]}}
+
+
+def continue_with(lm: LoadedModel, run: Run, completion: int, position: int, params: SamplingParams, label: str,
+                  cancel: Callable[[], bool] | None = None) -> tuple[Generation, Run, str]:
+    """Continue completion `completion` of `run` from step `position` under other settings: the earlier
+    tokens stay, and step `position` is drawn anew, with the same random numbers (seed, completion,
+    position) as the original, so it picks what the what-if showed. The earlier tokens are replayed one
+    step at a time, so that step's logits are the recorded ones. Returns (Generation, the run holding
+    the earlier steps, the text before the new tokens: advance's prefix_text)."""
+    src = run["completions"][completion]["steps"]
+    if not 0 <= position < len(src):
+        raise IndexError(f"step must be in [0, {len(src) - 1}], got {position}")
+    prefix = _tokens(run, completion)[:position]
+    params = params.with_(n=1, seed=run["params"]["seed"])
+    if params.max_tokens is not None and position:
+        params = params.with_(max_tokens=max(1, params.max_tokens - position))
+    prefix_text = lm.tokenizer.decode(prefix, skip_special_tokens=True)
+    out: Run = {
+        **run,
+        "label": label,
+        "params": params.to_dict(),
+        "completions": [{"steps": [dict(s) for s in src[:position]], "text": prefix_text, "finish_reason": None, "message": None}],
+        "texts": dict(run["texts"]),
+        "branch_of": {"label": run["label"], "completion": completion, "position": position},
+        "first_index": run.get("first_index", 0) + completion,
+    }
+    chat = ChatRequest.build(lm, run["messages"], params, **run.get("extras", {}))
+    chat.prompt_ids = list(run["prompt_ids"])
+    gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"], memory=_memory_at(src[position]),
+                          replay_prefix=True)
+    out["stages"] = list(gen.stages)
+    return gen, out, prefix_text
+
+
+# --- many runs at once (knob sweeps) -----------------------------------------------------------------
+
+
+def run_many(lm: LoadedModel, scheduler: Scheduler, jobs: list[tuple[Generation, Run]], every_s: float = 0.25) -> Iterator[int]:
+    """Submit every job to the model's shared batch at once and record their steps as they come. Yields
+    how many tokens were made so far, at most every `every_s` seconds and once at the end. Raises
+    Refused (nothing keeps running) when the queue cannot take them all."""
+    items: queue.Queue = queue.Queue()
+    tickets: list[Ticket] = []
+    try:
+        for i, (gen, _) in enumerate(jobs):
+            tickets.append(scheduler.submit(gen, listener=lambda item, i=i: items.put((i, item))))
+    except Refused:
+        for t in tickets:
+            t.cancel()
+        raise
+    running, made, last = len(jobs), 0, 0.0
+    try:
+        while running:
+            try:
+                i, item = items.get(timeout=every_s)
+            except queue.Empty:
+                yield made
+                continue
+            gen, run = jobs[i]
+            if item is END:
+                running -= 1
+                _sync(gen, run, "")
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            stages = tuple(run["stages"])
+            for step in item:
+                run["completions"][step.index]["steps"].append(step_dict(lm, step, stages, run["texts"]))
+            made += len(item)
+            if time.monotonic() - last >= every_s:
+                last = time.monotonic()
+                yield made
+    finally:
+        for t in tickets:  # a caller that stops listening (Stop, a closed page) stops the rest
+            t.cancel()
+    yield made

@@ -1,0 +1,175 @@
+"""Live what-if: a recorded step sampled again under other settings, from its exact raw logits.
+
+    gen = Generation(..., prefix_ids=earlier, replay_prefix=True, capture=True)   # fills gen.snapshots
+    result = resample(lm, gen.snapshots[position], params, prompt_ids, earlier, coords)
+    result.step, result.ledger
+
+A Snapshot is what a step's sampler saw that no record keeps: the model's raw logits over the whole
+vocabulary (and a grammar's mask). Everything else a stage reads (which tokens the prompt and output
+hold, how often, the history DRY scans, mirostat's mu) follows from the run's own tokens, so the same
+snapshot answers any settings: the pipeline and the draw run exactly as in the decode loop, with the
+same random number (seed, completion, position). With the run's own settings the result is the
+recorded step. Replays feed the earlier tokens one step at a time, as the run did, because a single
+forward pass over them gives other bf16 logits (see engine/generator.py, replay_prefix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.context import SamplerContext
+from engine.rng import uniform
+from engine.sampler import draw, learn, run_pipeline
+from engine.trace import Step, record
+
+# The stages that push down tokens for having occurred: what the penalty ledger itemises.
+PENALTIES = ("repetition_penalty", "presence_frequency", "dry")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    logits: torch.Tensor  # (V,) float32 on the CPU: the step's raw logits
+    allowed: torch.Tensor | None  # (V,) bool: the grammar's or thinking budget's mask; None without one
+
+    @property
+    def nbytes(self) -> int:
+        mask = 0 if self.allowed is None else self.allowed.numel()
+        return self.logits.numel() * self.logits.element_size() + mask
+
+
+@dataclass
+class Resampled:
+    step: Step  # the step as the decode loop would have recorded it under these settings
+    stages: tuple[str, ...]  # the stage list of step.to_dict
+    ledger: list[dict[str, Any]]  # what each penalty took from each token (see `ledger`)
+
+
+def snapshot_key(model: str, prompt_ids: list[int], earlier: list[int], extras: dict[str, Any] | None) -> str:
+    """The snapshot's identity: what determines the logits and the mask at a step (the model, the prompt,
+    the completion's tokens before the step, and the request extras that pick a grammar)."""
+    text = json.dumps([model, list(prompt_ids), list(earlier), extras or {}], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+class Snapshots:
+    """A thread-safe LRU of snapshots bounded in bytes (one is 4 bytes per vocabulary entry: 196 KB for
+    SmolLM2), shared by every session: a step's logits are the same whoever selects it."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Snapshot] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Snapshot | None:
+        with self._lock:
+            snap = self._items.get(key)
+            if snap is not None:
+                self._items.move_to_end(key)
+            return snap
+
+    def put(self, key: str, snap: Snapshot) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[key] = snap
+            self._bytes += snap.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+def dry_breakers(tokenizer, breakers: tuple[str, ...]) -> frozenset[int]:
+    """DRY's sequence breakers as token ids: the last token of "a" + breaker, i.e. the breaker as it
+    follows a word (text-generation-webui's rule); a breaker the tokenizer drops is skipped."""
+    word = tokenizer.encode("a", add_special_tokens=False)
+    ids = [tokenizer.encode("a" + b, add_special_tokens=False) for b in breakers]
+    return frozenset(t[-1] for t in ids if t and t != word)
+
+
+def resample(
+    lm,
+    snap: Snapshot,
+    params,
+    prompt_ids: list[int],
+    earlier: list[int],
+    coords: tuple[int, int, int],
+    memory: dict[str, float] | None = None,
+    constrained: bool = False,
+) -> Resampled:
+    """Sample the step again: `params` (SamplingParams), the completion's `earlier` tokens, its random
+    number's `coords` (seed, completion index, position) and the stateful stages' `memory` at the step.
+    `constrained`: the run had a grammar or a thinking budget (its mask is in the snapshot). Tensor work:
+    call it on the model's decode thread (Scheduler.call)."""
+    V, dev = snap.logits.shape[-1], lm.device
+    history = list(prompt_ids) + list(earlier)
+    seen = torch.zeros(1, V, dtype=torch.bool, device=dev)
+    seen[0, [t for t in history if t < V]] = True
+    counts = torch.zeros(1, V, dtype=torch.float32, device=dev)
+    for t in earlier:
+        counts[0, t] += 1
+    bias = None
+    if params.logit_bias:
+        bias = torch.zeros(V, dtype=torch.float32, device=dev)
+        ids, values = zip(*params.logit_bias)
+        bias[list(ids)] = torch.tensor(values, dtype=torch.float32, device=dev)
+    allowed = snap.allowed[None].to(dev) if constrained and snap.allowed is not None else None
+    ctx = SamplerContext.of(
+        params, seen, counts, bias, allowed,
+        history=[history if params.dry_multiplier > 0 else None],
+        breakers=[dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if params.dry_multiplier > 0 else frozenset()],
+        memory=[dict(memory or {})], coords=[tuple(coords)],
+    )
+    stages = run_pipeline(snap.logits.to(dev)[None], ctx, constrained)
+    u = torch.tensor([uniform(*coords)], dtype=torch.float64)
+    chosen, landing = draw(stages[-1][1], u, ctx.knobs.greedy)
+    learn(stages, ctx, chosen)
+    rec = record(stages, chosen, landing, [params.record_k])[0]
+    notes = {name: v for name, values in ctx.notes.items() if (v := float(values[0])) == v}
+    token = int(chosen[0])
+    step = Step(index=coords[1], position=coords[2], text=lm.token_text(token), delta="", notes=notes, **rec)
+    return Resampled(step, tuple(name for name, _ in stages), ledger(stages, prompt_ids, earlier))
+
+
+def ledger(stages: list[tuple[str, torch.Tensor]], prompt_ids: list[int], earlier: list[int],
+           limit: int = 40) -> list[dict[str, Any]]:
+    """The tokens the penalty stages touched at a step (one row of `stages`' logits), most penalised
+    first: {"id", "in_prompt", "in_output" (occurrences before the step), "loss": {stage: logit lost}
+    (negative: the stage raised it), "total"}. A penalty that moved no logit adds nothing."""
+    losses: dict[int, dict[str, float]] = {}
+    for (_, before), (name, after) in zip(stages, stages[1:]):
+        if name not in PENALTIES or after is before:
+            continue
+        b, a = before[0].double(), after[0].double()
+        moved = (b != a) & torch.isfinite(b)
+        ids = moved.nonzero().squeeze(1).tolist()
+        for t, lost in zip(ids, (b - a)[moved].tolist()):
+            losses.setdefault(t, {})[name] = lost
+    prompt_counts = _counts(prompt_ids)
+    output_counts = _counts(earlier)
+    rows = [{"id": t, "in_prompt": prompt_counts.get(t, 0), "in_output": output_counts.get(t, 0), "loss": by_stage,
+             "total": sum(by_stage.values())} for t, by_stage in losses.items()]
+    rows.sort(key=lambda r: (-abs(r["total"]), r["id"]))
+    return rows[:limit]
+
+
+def _counts(ids: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for t in ids:
+        out[t] = out.get(t, 0) + 1
+    return out
