@@ -227,3 +227,25 @@ def timeline_figure(steps: list[Step], texts: dict[int, str], selected: int | No
     fig = _layout(fig, 280, "Timeline: how sure the model was of each chosen token")
     fig.update_layout(showlegend=True, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"}, hovermode="closest")
     return fig
+
+
+def sweep_figure(knob: str, points: list[dict[str, Any]], selected: int | None = None) -> go.Figure:
+    """One small chart per sweep metric (playground/sweeps.py) against the knob's value. Clicking a point
+    shows that value's samples: the UI reads the point's index."""
+    from playground.sweeps import METRICS
+
+    fig = make_subplots(rows=2, cols=3, subplot_titles=[title for title, _ in METRICS.values()],
+                        horizontal_spacing=0.08, vertical_spacing=0.2)
+    x = [p["value"] for p in points]
+    for k, (name, (title, _)) in enumerate(METRICS.items()):
+        y = [p["metrics"][name] for p in points]
+        colors = [CHOSEN if i == selected else KEPT for i in range(len(points))]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=title, customdata=list(range(len(points))),
+                                 line={"color": "#94a3b8", "width": 1.5}, marker={"size": 10, "color": colors},
+                                 hovertemplate=f"{knob} %{{x}}: {title} %{{y:.3f}}<extra></extra>"),
+                      row=k // 3 + 1, col=k % 3 + 1)
+    fig.update_xaxes(title=knob, title_font={"size": 11}, gridcolor="#eef2f7")
+    fig.update_yaxes(gridcolor="#eef2f7", rangemode="tozero")
+    fig = _layout(fig, 480, f"Sweep of {knob}: {points[0]['samples'] if points else 0} samples per value (click a point for its texts)")
+    fig.update_layout(hovermode="closest")
+    return fig

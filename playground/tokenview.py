@@ -179,3 +179,31 @@ def token_view_html(
             f"data-tip='{escape(tooltip(step, texts))}'>{escape(shown)}</span>"
         )
     return (_legend(mode) if legend else "") + "<div class='tv'>" + "".join(spans) + "</div>"
+
+
+def ledger_html(rows: list[dict], stages: list[str]) -> str:
+    """The penalty ledger of a step: each token the penalties touched, how often it occurred before the
+    step, and how much logit each penalty took from it (negative: the penalty raised it)."""
+    on = [s for s in ("repetition_penalty", "presence_frequency", "dry") if s in stages and any(s in r["loss"] for r in rows)]
+    if not rows:
+        return ("<p class='note' id='ledger-empty'>No penalty moved any logit at this step (repetition penalty, "
+                "presence/frequency and DRY are off, or nothing they count has occurred yet).</p>")
+    head = "".join(f"<th>{escape(STAGE_LABELS[s])}</th>" for s in on)
+    body = []
+    for r in rows:
+        cells = "".join(f"<td>{r['loss'][s]:+.3f}</td>" if s in r["loss"] else "<td></td>" for s in on)
+        body.append(f"<tr><td><code>{escape(visible(r['text']))}</code></td><td>{r['id']}</td><td>{r['in_prompt']}</td>"
+                    f"<td>{r['in_output']}</td>{cells}<td><b>{r['total']:+.3f}</b></td></tr>")
+    return ("<table class='alts ledger'><thead><tr><th>token</th><th>id</th><th>in prompt</th><th>in output</th>"
+            f"{head}<th>logit lost</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+
+
+def progress_html(done: int, total: int, label: str) -> str:
+    return (f"<div class='sweep-progress'><progress value='{done}' max='{max(total, 1)}'></progress> "
+            f"<span>{escape(label)}</span></div>")
+
+
+def samples_html(knob: str, point: dict) -> str:
+    """The texts a sweep made at one value."""
+    items = "".join(f"<li><div class='comp-text'>{escape(t)}</div></li>" for t in point["texts"])
+    return f"<p class='note'>{escape(knob)} = {point['value']}: {len(point['texts'])} samples</p><ol class='sweep-texts'>{items}</ol>"

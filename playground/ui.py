@@ -1,40 +1,26 @@
 """The Gradio UI: a slider for every knob, and pictures of what each sampler stage did.
 
-Thin by design: controls come from engine.knobs.KNOBS (ui_settings), generation runs through ui_runs,
-and everything drawn is a pure function (figures, tokenview, snippets). Per-session state is a list of
-runs (plain dicts) and the chat history; the model lives in the ModelHost, never in gr.State.
+Layout and wiring only. Controls come from engine.knobs.KNOBS (ui_settings); what each event does is a
+module-level function of plain values in playground/ui_events.py, which returns {output name: value};
+`_on` binds those names to this page's components. Per-session state is a list of runs (plain dicts),
+the chat history and the last sweep; the model lives in the ModelHost, never in gr.State.
 """
 
 from __future__ import annotations
 
-import secrets
-import threading
-from dataclasses import dataclass
-from typing import Any
+import functools
+import inspect
+from typing import Any, Callable
 
 import gradio as gr
 
-from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER, ParamError, SamplingParams
-from engine.model import LoadedModel
-from engine.reasoning import supports_thinking
-from engine.scheduler import Refused
+from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
-from playground import figures, snippets, tokenview, ui_records, ui_runs
+from playground import tokenview, ui_events
 from playground.models import ModelHost
-from playground.ui_settings import (
-    GROUP_TITLES,
-    GROUPS,
-    ORDER_PRESETS,
-    TOOL_CHOICES,
-    UI_KNOBS,
-    bias_preview,
-    collect,
-    control_spec,
-    describe_error,
-    parse_logit_bias,
-    parse_overrides,
-    request_extras,
-)
+from playground.sweeps import MAX_SAMPLES, MAX_VALUES, METRICS, SWEEPABLE
+from playground.ui_events import SETTINGS, Inputs, Stops, effort_state, model_info
+from playground.ui_settings import GROUP_TITLES, GROUPS, ORDER_PRESETS, TOOL_CHOICES, UI_KNOBS, control_spec
 
 # UI events that may generate at once: each only waits on the model's scheduler, which batches them (and
 # queues past its limits, showing each run its place).
@@ -61,6 +47,8 @@ HEAD = """
 <script>
 (() => {
   const hook = () => {
+    // gr.Plot has no click event: a click on the timeline clicks the token of that step (which the token
+    // view turns into a selection); a click on a sweep point picks its value in the "Samples at" radio.
     document.querySelectorAll('#timeline .js-plotly-plot').forEach((plot) => {
       if (plot.dataset.stepHook || typeof plot.on !== 'function') return;
       plot.dataset.stepHook = '1';
@@ -68,6 +56,15 @@ HEAD = """
         const step = ev.points && ev.points.length ? ev.points[0].x : null;
         const tok = document.querySelector(`#tokenview [data-step="${step}"]`);
         if (tok) tok.click();
+      });
+    });
+    document.querySelectorAll('#sweep-plot .js-plotly-plot').forEach((plot) => {
+      if (plot.dataset.pointHook || typeof plot.on !== 'function') return;
+      plot.dataset.pointHook = '1';
+      plot.on('plotly_click', (ev) => {
+        const i = ev.points && ev.points.length ? ev.points[0].customdata : null;
+        const radios = document.querySelectorAll('#sweep-pick input[type=radio]');
+        if (i !== null && radios[i]) radios[i].click();
       });
     });
   };
@@ -80,10 +77,62 @@ CSS = tokenview.CSS + """
 .knob-error p { color: #b91c1c; font-weight: 600; margin: 2px 0; }
 #run-error p { color: #b91c1c; font-weight: 600; }
 #sentences li { margin: 2px 0; }
+.sweep-progress { display: flex; gap: 8px; align-items: center; }
+.sweep-progress progress { width: 240px; }
+.sweep-texts li { margin: 4px 0; }
 """
 
-# Per browser session, the Stop button's flag; the running generation reads it between steps.
-_stops: dict[str, threading.Event] = {}
+Component = gr.components.Component
+
+
+def _handler(fn: Callable, names: list[str], outputs: dict[str, Component]) -> Callable:
+    """A Gradio function for `fn`: it gets the named input values as keyword arguments (the settings ones
+    gathered into `ui`, plus `session` and `origin` when it asks for them) and returns or yields {output
+    name: value}. Keyword arguments already bound with functools.partial (host, stops) pass through."""
+    wants = inspect.signature(fn).parameters
+
+    def values(request: gr.Request, args) -> dict[str, Any]:
+        got = dict(zip(names, args))
+        if "ui" in wants:
+            got["ui"] = Inputs.of({k: got.pop(k) for k in SETTINGS if k in got})
+        if "session" in wants:
+            got["session"] = request.session_hash if request is not None else "local"
+        if "origin" in wants and request is not None:
+            got["origin"] = ui_events.origin_of(request.headers)
+        if "link" in wants:
+            got["link"] = dict(request.query_params) if request is not None else {}
+        return got
+
+    def named(out: dict[str, Any]) -> dict[Component, Any]:
+        # Gradio reads an empty dict as one value, not "no updates": skip every output instead.
+        return {outputs[k]: v for k, v in out.items() if k in outputs} or {c: gr.skip() for c in outputs.values()}
+
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    if inspect.isgeneratorfunction(base):
+        def handler(request: gr.Request, *args):
+            for out in fn(**values(request, args)):
+                yield named(out)
+    else:
+        def handler(request: gr.Request, *args):
+            return named(fn(**values(request, args)))
+    return handler
+
+
+def _on(triggers, fn: Callable, inputs: dict[str, Component], outputs: dict[str, Component], **kw):
+    """Wire an event (one trigger or several) to `fn` by names: see `_handler`."""
+    triggers = triggers if isinstance(triggers, list) else [triggers]
+    return gr.on(triggers, _handler(fn, list(inputs), outputs), list(inputs.values()), list(outputs.values()), **kw)
+
+
+def _then(event, fn: Callable, inputs: dict[str, Component], outputs: dict[str, Component], **kw):
+    """Wire `fn` to run after `event` (a previous _on or _then) succeeds."""
+    return event.then(_handler(fn, list(inputs), outputs), list(inputs.values()), list(outputs.values()), **kw)
+
+
+def _pick_token(evt: gr.EventData):
+    """A click on a token in the token view (TOKENVIEW_JS sends its step)."""
+    return int(evt.step)
+
 
 
 def launch_kwargs() -> dict:
@@ -95,483 +144,6 @@ def launch_kwargs() -> dict:
         font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
     )
     return {"css": CSS, "head": HEAD, "theme": theme}
-
-
-def model_info(lm: LoadedModel) -> str:
-    return (
-        f"**{lm.name}** · {lm.source} · {lm.device} · {str(lm.dtype).removeprefix('torch.')} · "
-        f"context {lm.context_length} tokens · vocabulary {lm.vocab_size} · loaded in {lm.load_seconds:.1f} s"
-    )
-
-
-def _encoder(lm: LoadedModel):
-    return lambda text: lm.tokenizer.encode(text, add_special_tokens=False)
-
-
-def _conversation(system: str, history: list[dict], message: str) -> list[dict]:
-    msgs = [{"role": "system", "content": system}] if system.strip() else []
-    msgs += [{"role": m["role"], "content": m["content"]} for m in history]
-    if message.strip():
-        msgs.append({"role": "user", "content": message})
-    return msgs
-
-
-def _new_stop(request: gr.Request) -> threading.Event:
-    event = threading.Event()
-    _stops[request.session_hash] = event
-    return event
-
-
-def _base_url(request: gr.Request | None) -> str:
-    if request is None:
-        return "http://127.0.0.1:7860/v1"
-    headers = request.headers
-    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
-    scheme = headers.get("x-forwarded-proto") or "http"
-    return f"{scheme}://{host}/v1"
-
-
-@dataclass
-class Inputs:
-    """The settings-side inputs of an event, in the order `_settings_inputs` lists them."""
-
-    model: str
-    system: str
-    message: str
-    history: list[dict]
-    knobs: dict[str, Any]
-    tools: str
-    tool_choice: str
-    reasoning_effort: str | None
-    response_format: str
-
-    def extras(self) -> dict[str, Any]:
-        return request_extras(self.tools, self.tool_choice, self.reasoning_effort, self.response_format)
-
-    @classmethod
-    def of(cls, args) -> "Inputs":
-        model, system, message, history, *rest = args
-        knobs = dict(zip(UI_KNOBS, rest[: len(UI_KNOBS)]))
-        tools, tool_choice, effort, response_format = rest[len(UI_KNOBS):]
-        return cls(model, system or "", message or "", history or [], knobs, tools or "", tool_choice or "none",
-                   effort if effort and effort != "none" else None, response_format or "text")
-
-
-def _view_choices(runs: list[dict]) -> list[tuple[str, int]]:
-    return [(r["label"], i) for i, r in enumerate(runs)]
-
-
-def _most_uncertain(steps: list[dict]) -> int:
-    """The step where the raw distribution was widest: where sampling settings matter most."""
-    return max(range(len(steps)), key=lambda i: steps[i]["stages"][0]["entropy"]) if steps else 0
-
-
-def build_ui(host: ModelHost) -> gr.Blocks:
-    with gr.Blocks(title="Sampling Playground", analytics_enabled=False) as demo:
-        runs_state = gr.State([])
-        history_state = gr.State([])
-        gr.Markdown(INTRO)
-        with gr.Row(equal_height=True):
-            model_dd = gr.Dropdown(host.names(), value=host.default, label="Model", scale=3)
-            load_box = gr.Textbox(label="Load another model", placeholder="Hugging Face id or local folder", scale=3)
-            load_btn = gr.Button("Load model", scale=1)
-        model_md = gr.Markdown(model_info(host.get()), elem_id="model-info")
-
-        with gr.Row():
-            # ---- settings: one control per knob, grouped as in engine/knobs.py ----
-            with gr.Column(scale=2, min_width=330):
-                gr.Markdown("### Sampling settings")
-                controls: dict[str, gr.components.Component] = {}
-                group_errors: dict[str, gr.Markdown] = {}
-                for group in GROUPS:
-                    with gr.Accordion(GROUP_TITLES[group], open=group != "advanced"):
-                        group_errors[group] = gr.Markdown(elem_classes=["knob-error"], elem_id=f"error-{group}")
-                        for name in UI_KNOBS:
-                            if KNOBS[name].group != group:
-                                continue
-                            if name == "sampler_order":
-                                order_preset = gr.Dropdown(list(ORDER_PRESETS), value=list(ORDER_PRESETS)[0],
-                                                           label="sampler order preset")
-                            controls[name] = _control(name)
-                            if name == "logit_bias":
-                                bias_md = gr.Markdown(elem_id="bias-preview")
-                        if group == "advanced":
-                            tools_box = gr.Code(language="json", label="tools (JSON list of functions)",
-                                                value="", lines=3, elem_id="tools")
-                            tool_choice_dd = gr.Radio(list(TOOL_CHOICES), value="auto", label="tool_choice", elem_id="tool-choice",
-                                                      info=REQUEST_KNOBS["tool_choice"].help)
-                            effort_dd = gr.Radio(["none", *REQUEST_KNOBS["reasoning_effort"].choices], value="none",
-                                                 label="reasoning_effort", elem_id="effort",
-                                                 **_effort_state(host.get(host.default)))
-                            format_radio = gr.Radio(["text", "json_object"], value="text", label="response_format",
-                                                    info=REQUEST_KNOBS["response_format"].help, elem_id="response-format")
-                reset_btn = gr.Button("Reset to defaults", elem_id="reset")
-
-            # ---- conversation, output and the pictures ----
-            with gr.Column(scale=5):
-                chatbot = gr.Chatbot(label="Conversation", height=240, elem_id="chat")
-                system_box = gr.Textbox(label="System prompt", placeholder="empty: the chat template's default", lines=1)
-                msg_box = gr.Textbox(label="Your message", value=DEFAULT_MESSAGE, lines=2, elem_id="message")
-                with gr.Row():
-                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                    clear_btn = gr.Button("Clear conversation", elem_id="clear")
-                run_error = gr.Markdown(elem_id="run-error")
-                completions = gr.HTML(elem_id="completions")
-                with gr.Row():
-                    view_dd = gr.Dropdown([], label="Showing", elem_id="view", scale=2)
-                    completion_radio = gr.Radio(["1"], value="1", label="Completion", scale=2)
-                    mode_radio = gr.Radio(list(tokenview.MODES), value=tokenview.MODES[0], label="Colour tokens by", scale=3)
-                token_html = gr.HTML(tokenview.token_view_html([], {}), elem_id="tokenview", js_on_load=TOKENVIEW_JS)
-                timeline_plot = gr.Plot(elem_id="timeline", show_label=False)
-                step_slider = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="step",
-                                        info="Or click a token above, or a point on the timeline.")
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        inspector_plot = gr.Plot(elem_id="inspector", show_label=False)
-                    with gr.Column(scale=2):
-                        sentences_md = gr.Markdown(elem_id="sentences")
-                        alts_html = gr.HTML(elem_id="alternatives")
-                draw_plot = gr.Plot(elem_id="draw", show_label=False)
-                with gr.Tabs():
-                    with gr.Tab("Branch"):
-                        gr.Markdown("Pick another token at the selected step and continue from there; the earlier "
-                                    "tokens stay, the original stays to compare.")
-                        with gr.Row():
-                            alt_dd = gr.Dropdown([], label="Alternative at the selected step", scale=3, elem_id="alt")
-                            branch_btn = gr.Button("Continue from here", scale=1, elem_id="branch")
-                        branch_html = gr.HTML(elem_id="branch-view")
-                    with gr.Tab("Compare"):
-                        gr.Markdown("Run the last prompt with the same seed under the current settings (A) and "
-                                    "with these overrides (B), and see where and why the texts part.")
-                        with gr.Row():
-                            settings_b = gr.Textbox(DEFAULT_SETTINGS_B, label="Settings B: knob overrides (JSON)", scale=3,
-                                                    elem_id="settings-b")
-                            compare_btn = gr.Button("Compare", scale=1, elem_id="compare")
-                        compare_html = gr.HTML(elem_id="compare-view")
-                    with gr.Tab("Replay"):
-                        gr.Markdown("Redo the selected step with the same random number under another engine's "
-                                    "sampler order, and see whether it would have picked another token.")
-                        with gr.Row():
-                            replay_dd = gr.Dropdown(list(PRESETS), value="llama.cpp", label="Engine order", scale=3,
-                                                    elem_id="replay-order")
-                            replay_btn = gr.Button("Replay this step", scale=1, elem_id="replay")
-                        replay_md = gr.Markdown(elem_id="replay-note")
-                        replay_plot = gr.Plot(elem_id="replay-plot", show_label=False)
-                    with gr.Tab("View code"):
-                        gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
-                                    "(only knobs that differ from the API defaults are sent).")
-                        curl_code = gr.Code(language="shell", label="curl", elem_id="curl")
-                        python_code = gr.Code(language="python", label="openai Python client", elem_id="python")
-                    with gr.Tab("Prompt"):
-                        gr.Markdown("The last prompt as the model saw it, after its chat template.")
-                        prompt_code = gr.Code(language=None, label="templated prompt", elem_id="prompt")
-
-        knob_controls = [controls[name] for name in UI_KNOBS]
-        settings_inputs = [model_dd, system_box, msg_box, history_state, *knob_controls, tools_box, tool_choice_dd, effort_dd,
-                           format_radio]
-        view_inputs = [runs_state, view_dd, completion_radio, step_slider, mode_radio]
-        view_outputs = [token_html, timeline_plot, inspector_plot, sentences_md, alts_html, draw_plot, alt_dd]
-        model_events = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
-
-        # ---- validation and code snippets, live as settings change ----
-        validate_outputs = [*(group_errors[g] for g in GROUPS), bias_md, curl_code, python_code]
-        def validate(request: gr.Request, runs, *args):
-            ui = Inputs.of(args)
-            errors = {g: "" for g in GROUPS}
-            preview, body = "", None
-            try:
-                lm = host.get(ui.model)
-                entries = parse_logit_bias(ui.knobs["logit_bias"] or "", _encoder(lm))
-                preview = bias_preview(entries, lm.token_text)
-                params = collect(ui.knobs, _encoder(lm))
-                extras = ui.extras()
-                # With the message box empty (just after Generate), show the request that was last sent.
-                messages = _conversation(ui.system, ui.history, ui.message)
-                if not ui.message.strip() and runs:
-                    messages = runs[0]["messages"]
-                body = snippets.request_body(params.to_dict(), messages, lm.name, extras)
-            except ParamError as e:
-                group = KNOBS[e.param].group if e.param in KNOBS else "advanced"
-                errors[group] = describe_error(e)
-            except KeyError:
-                errors["advanced"] = f"⚠️ model {ui.model!r} is not loaded"
-            out = [errors[g] for g in GROUPS] + [preview]
-            if body is None:
-                return out + [gr.skip(), gr.skip()]
-            base = _base_url(request)
-            return out + [snippets.curl(body, base), snippets.python(body, base)]
-
-        gr.on(
-            [c.change for c in settings_inputs if not isinstance(c, gr.State)] + [demo.load],
-            validate, [runs_state, *settings_inputs], validate_outputs, trigger_mode="always_last", show_progress="hidden",
-        )
-
-        # ---- generate: stream tokens, then keep the run ----
-        def generate(request: gr.Request, *args):
-            ui = Inputs.of(args)
-            try:
-                lm = host.get(ui.model)
-                params = collect(ui.knobs, _encoder(lm))
-                extras = ui.extras()
-                if not ui.message.strip():
-                    raise ParamError("message", "type a message first")
-                messages = _conversation(ui.system, ui.history, ui.message)
-                stop = _new_stop(request)
-                gen, run = ui_runs.start(lm, messages, params, "Generated", extras, cancel=stop.is_set)
-                ticket = ui_runs.submit(host.scheduler(lm.name), gen)
-            except ParamError as e:
-                yield {run_error: describe_error(e)}
-                return
-            except Refused as e:
-                yield {run_error: f"⚠️ {e.message}"}
-                return
-            except KeyError:
-                yield {run_error: f"⚠️ model {ui.model!r} is not loaded"}
-                return
-            chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": ""}]
-            for run in ui_runs.advance(lm, ticket, run):
-                chat[-1]["content"] = run["completions"][0]["text"]
-                yield {
-                    run_error: "",
-                    completions: tokenview.completions_html(run["completions"], running=True, waiting=run["waiting"]),
-                    token_html: tokenview.token_view_html(run["completions"][0]["steps"], run["texts"]),
-                    chatbot: chat,
-                }
-            steps = run["completions"][0]["steps"]
-            n = len(run["completions"])
-            yield {
-                completions: tokenview.completions_html(run["completions"]),
-                runs_state: [run],
-                history_state: chat,
-                chatbot: chat,
-                msg_box: "",
-                view_dd: gr.update(choices=_view_choices([run]), value=0),
-                completion_radio: gr.update(choices=[str(i + 1) for i in range(n)], value="1"),
-                step_slider: gr.update(maximum=max(len(steps) - 1, 1), value=_most_uncertain(steps)),
-                prompt_code: lm.tokenizer.decode(run["prompt_ids"]),
-            }
-
-        gen_event = gr.on(
-            [gen_btn.click, msg_box.submit], generate, settings_inputs,
-            [run_error, completions, token_html, chatbot, runs_state, history_state, msg_box, view_dd,
-             completion_radio, step_slider, prompt_code],
-            **model_events,
-        )
-        gen_event.then(show, view_inputs, view_outputs, show_progress="hidden").then(
-            validate, [runs_state, *settings_inputs], validate_outputs, show_progress="hidden")
-
-        def stop(request: gr.Request):
-            event = _stops.get(request.session_hash)
-            if event is not None:
-                event.set()
-
-        stop_btn.click(stop, None, None, concurrency_limit=None, show_progress="hidden")
-
-        def clear():
-            return [], [], ""
-
-        clear_btn.click(clear, None, [history_state, chatbot, run_error])
-
-        # ---- selection: which run, completion and step the pictures show ----
-        def pick_view(runs, view):
-            if not runs or view is None:
-                return gr.skip(), gr.skip()
-            comps = runs[view]["completions"]
-            steps = comps[0]["steps"]
-            return (gr.update(choices=[str(i + 1) for i in range(len(comps))], value="1"),
-                    gr.update(maximum=max(len(steps) - 1, 1), value=_most_uncertain(steps)))
-
-        view_dd.input(pick_view, [runs_state, view_dd], [completion_radio, step_slider]).then(
-            show, view_inputs, view_outputs, show_progress="hidden")
-
-        def pick_completion(runs, view, completion):
-            if not runs or view is None:
-                return gr.skip()
-            steps = runs[view]["completions"][int(completion) - 1]["steps"]
-            return gr.update(maximum=max(len(steps) - 1, 1), value=_most_uncertain(steps))
-
-        completion_radio.input(pick_completion, [runs_state, view_dd, completion_radio], step_slider).then(
-            show, view_inputs, view_outputs, show_progress="hidden")
-
-        gr.on([step_slider.change, mode_radio.change], show, view_inputs, view_outputs,
-              trigger_mode="always_last", show_progress="hidden")
-
-        def pick_token(evt: gr.EventData):
-            return int(evt._data["step"])
-
-        token_html.click(pick_token, None, step_slider, show_progress="hidden")
-
-        # ---- branch: continue from an alternative at the selected step ----
-        def branch(runs, view, completion, step, alt_id, request: gr.Request):
-            if not runs or view is None:
-                yield {branch_html: "<p class='note'>Generate first, then pick a step and an alternative.</p>"}
-                return
-            if alt_id is None:
-                yield {branch_html: "<p class='note'>Pick an alternative token first.</p>"}
-                return
-            run, c, pos = runs[view], int(completion) - 1, int(step)
-            lm = host.get(run["model"])
-            label = f"Branch {sum(1 for r in runs if r['branch_of']) + 1}: step {pos} → '{ui_records.token_label(run['texts'], alt_id)}'"
-            stop = _new_stop(request)
-            try:
-                gen, new, prefix_text = ui_runs.branch(lm, run, c, pos, int(alt_id), label, cancel=stop.is_set)
-                ticket = None if gen is None else ui_runs.submit(host.scheduler(lm.name), gen)
-            except (ParamError, IndexError, Refused) as e:
-                yield {branch_html: f"<p class='note'>Cannot branch: {e}</p>"}
-                return
-            original = run["completions"][c]["steps"]
-
-            def picture(b):
-                return tokenview.side_by_side([
-                    (f"Original ({run['label']}, completion {c + 1})",
-                     tokenview.token_view_html(original, run["texts"], mark=pos, legend=False)),
-                    (label, tokenview.token_view_html(b["completions"][0]["steps"], b["texts"], legend=False)),
-                ], note=f"Both share the first {pos} tokens; at step {pos} (underlined) the branch takes your token "
-                        f"instead of '{ui_records.token_label(run['texts'], original[pos]['token_id'])}'.")
-
-            if ticket is not None:
-                for new in ui_runs.advance(lm, ticket, new, prefix_text=prefix_text):
-                    yield {branch_html: picture(new)}
-            runs = [*runs, new]
-            yield {branch_html: picture(new), runs_state: runs, view_dd: gr.update(choices=_view_choices(runs))}
-
-        branch_btn.click(branch, [runs_state, view_dd, completion_radio, step_slider, alt_dd],
-                         [branch_html, runs_state, view_dd], **model_events)
-
-        # ---- compare: the same prompt and seed under settings A and B ----
-        def compare(request: gr.Request, runs, overrides_text, *args):
-            ui = Inputs.of(args)
-            try:
-                lm = host.get(ui.model)
-                params_a = collect(ui.knobs, _encoder(lm))
-                overrides = parse_overrides(overrides_text)
-                base = runs[0] if runs else None
-                prompt_ids = base["prompt_ids"] if base else None
-                messages = base["messages"] if base else _conversation(ui.system, ui.history, ui.message)
-                tk = base.get("extras", {}) if base else ui.extras()
-                if base is None and not ui.message.strip():
-                    raise ParamError("message", "type a message (or generate once) to compare on")
-                seed = params_a.seed if params_a.seed is not None else (base["params"]["seed"] if base else secrets.randbits(63))
-                params_a = params_a.with_(n=1, seed=seed)
-                params_b = SamplingParams.build(**{**params_a.to_dict(), **overrides})
-                k = sum(1 for r in runs if r["label"].startswith("Compare")) // 2 + 1
-                stop = _new_stop(request)
-                gen_a, run_a = ui_runs.start(lm, messages, params_a, f"Compare {k} A", tk, stop.is_set, prompt_ids)
-                gen_b, run_b = ui_runs.start(lm, messages, params_b, f"Compare {k} B", tk, stop.is_set, run_a["prompt_ids"])
-                # Both at once: they share the model's batch, and B's steps wait in its ticket while A is shown.
-                scheduler = host.scheduler(lm.name)
-                ticket_a = ui_runs.submit(scheduler, gen_a)
-                try:
-                    ticket_b = ui_runs.submit(scheduler, gen_b)
-                except Refused:
-                    ticket_a.cancel()
-                    raise
-            except ParamError as e:
-                yield {compare_html: f"<p class='note'>{describe_error(e).replace('**', '')}</p>"}
-                return
-            except Refused as e:
-                yield {compare_html: f"<p class='note'>{e.message}</p>"}
-                return
-            except KeyError:
-                yield {compare_html: f"<p class='note'>model {ui.model!r} is not loaded</p>"}
-                return
-            a_dict, b_dict = params_a.to_dict(), params_b.to_dict()
-            diff = ", ".join(f"{name} {a_dict[name]} → {b_dict[name]}" for name in b_dict if a_dict[name] != b_dict[name]) or "nothing"
-            for _ in ui_runs.advance(lm, ticket_a, run_a):
-                yield {compare_html: tokenview.side_by_side([("A", tokenview.completions_html(run_a["completions"], True))],
-                                                            note=f"Seed {seed}. B changes: {diff}. Running A…")}
-            for _ in ui_runs.advance(lm, ticket_b, run_b):
-                yield {compare_html: tokenview.side_by_side(
-                    [("A", tokenview.completions_html(run_a["completions"])), ("B", tokenview.completions_html(run_b["completions"], True))],
-                    note=f"Seed {seed}. B changes: {diff}. Running B…")}
-            a, b = run_a["completions"][0]["steps"], run_b["completions"][0]["steps"]
-            texts = {**run_a["texts"], **run_b["texts"]}
-            where = ui_records.first_divergence(a, b)
-            why = ui_records.explain_divergence(a, b, texts)
-            html = tokenview.side_by_side(
-                [(f"A: current settings ({run_a['completions'][0]['finish_reason']}, {len(a)} tokens)", tokenview.token_view_html(a, texts, mark=where, legend=False)),
-                 (f"B: {diff} ({run_b['completions'][0]['finish_reason']}, {len(b)} tokens)", tokenview.token_view_html(b, texts, mark=where, legend=False))],
-                note=f"Seed {seed}, same prompt. {why}",
-            )
-            runs = [*runs, run_a, run_b]
-            yield {compare_html: html, runs_state: runs, view_dd: gr.update(choices=_view_choices(runs))}
-
-        compare_btn.click(compare, [runs_state, settings_b, *settings_inputs], [compare_html, runs_state, view_dd], **model_events)
-
-        # ---- replay: the selected step under another engine's order ----
-        def replay(runs, view, completion, step, preset, request: gr.Request):
-            if not runs or view is None:
-                yield {replay_md: "Generate first, then pick a step."}
-                return
-            run, c, pos = runs[view], int(completion) - 1, int(step)
-            lm = host.get(run["model"])
-            order = PRESETS[preset]
-            stop = _new_stop(request)
-            try:
-                gens = ui_runs.replay(lm, run, c, pos, [tuple(run["params"]["sampler_order"]), order], cancel=stop.is_set)
-                scheduler = host.scheduler(lm.name)
-                tickets = [ui_runs.submit(scheduler, g) for g in gens]
-            except (ParamError, IndexError, Refused) as e:
-                yield {replay_md: f"Cannot replay: {e}"}
-                return
-            yield {replay_md: f"Replaying step {pos}…"}
-            for ticket in tickets:
-                for _ in ticket:
-                    pass
-            if any(not g.completions[0] for g in gens):
-                yield {replay_md: "Replay stopped."}
-                return
-            texts = dict(run["texts"])
-            mine, other = (ui_runs.replayed_step(lm, g, texts) for g in gens)
-            recorded = run["completions"][c]["steps"][pos]
-            note = ui_records.explain_replay(recorded, mine, other, texts, preset)
-            params = {**run["params"], "sampler_order": list(order)}
-            yield {replay_md: f"**Step {pos}**: {note}", replay_plot: figures.inspector_figure(other, texts, params)}
-
-        replay_btn.click(replay, [runs_state, view_dd, completion_radio, step_slider, replay_dd], [replay_md, replay_plot],
-                         **model_events)
-
-        # ---- settings helpers ----
-        def reset():
-            values = [control_spec(KNOBS[name]).value for name in UI_KNOBS]
-            return [*values, list(ORDER_PRESETS)[0], "", "auto", "none", "text"]
-
-        reset_btn.click(reset, None, [*knob_controls, order_preset, tools_box, tool_choice_dd, effort_dd, format_radio])
-        order_preset.input(lambda p: ", ".join(ORDER_PRESETS[p]), order_preset, controls["sampler_order"])
-
-        # ---- models ----
-        def load(name, progress=gr.Progress()):
-            name = (name or "").strip()
-            if not name:
-                return gr.skip(), "⚠️ Type a Hugging Face model id or a local folder to load."
-            said = []
-
-            def say(message):
-                said.append(message)
-                progress((len(said), None), desc=message)
-
-            try:
-                lm = host.load(name, progress=say)
-            except Exception as e:  # offline Hub, missing folder, unsupported model: say so, keep going
-                return gr.skip(), f"⚠️ Could not load `{name}`: {type(e).__name__}: {e}"
-            return gr.update(choices=host.names(), value=lm.name), model_info(lm)
-
-        # Its own queue slot: a Hub load can take minutes (or retry for a while offline) without holding up generation.
-        load_btn.click(load, load_box, [model_dd, model_md], concurrency_limit=1, concurrency_id="load")
-        model_dd.change(lambda name: model_info(host.get(name)), model_dd, model_md)
-        model_dd.change(lambda name: gr.update(value="none", **_effort_state(host.get(name))), model_dd, effort_dd)
-
-    demo.queue(default_concurrency_limit=8, max_size=64)
-    return demo
-
-
-def _effort_state(lm: LoadedModel) -> dict[str, Any]:
-    """reasoning_effort only works where the chat template can think; elsewhere the control says why."""
-    if supports_thinking(lm):
-        return {"interactive": True, "info": REQUEST_KNOBS["reasoning_effort"].help}
-    return {"interactive": False,
-            "info": f"Disabled: {lm.name}'s chat template has no <think> section, so there is no thinking to budget."}
 
 
 def _control(name: str):
@@ -589,26 +161,246 @@ def _control(name: str):
     return gr.Textbox(value=spec.value, lines=lines, **common)
 
 
-def show(runs: list[dict], view: int | None, completion: str, step: float, mode: str):
-    """Everything drawn for the selected run, completion and step (token view, charts, alternatives)."""
-    if not runs or view is None or view >= len(runs):
-        return [tokenview.token_view_html([], {}), None, None, "", "", None, gr.update(choices=[], value=None)]
-    run = runs[view]
-    c = min(max(int(completion or 1) - 1, 0), len(run["completions"]) - 1)
-    steps = run["completions"][c]["steps"]
-    if not steps:
-        return [tokenview.token_view_html([], {}), None, None, "", "", None, gr.update(choices=[], value=None)]
-    i = min(max(int(step or 0), 0), len(steps) - 1)
-    s, texts, params = steps[i], run["texts"], run["params"]
-    sentences = "\n".join(f"- {line}" for line in figures.stage_sentences(s, texts, params))
-    alts = [a for a in ui_records.alternatives(s, texts) if not a["chosen"]]
-    choices = [(f"'{ui_records.visible(a['text'])}'  raw {a['raw']:.3f} → final {a['final']:.3f}", a["id"]) for a in alts]
-    return [
-        tokenview.token_view_html(steps, texts, mode, selected=i),
-        figures.timeline_figure(steps, texts, selected=i),
-        figures.inspector_figure(s, texts, params),
-        f"**Step {i}** of {run['label']}, completion {c + 1}:\n\n" + sentences,
-        tokenview.alternatives_html(s, texts),
-        figures.draw_figure(s, texts),
-        gr.update(choices=choices, value=choices[0][1] if choices else None),
-    ]
+def build_ui(host: ModelHost) -> gr.Blocks:
+    stops = Stops()
+    c: dict[str, Component] = {}  # every component an event reads or writes, by name
+    with gr.Blocks(title="Sampling Playground", analytics_enabled=False) as demo:
+        c["runs"], c["history"], c["sweep_state"] = gr.State([]), gr.State([]), gr.State(None)
+        gr.Markdown(INTRO)
+        c["link_note"] = gr.Markdown(elem_id="link-note")
+        with gr.Row(equal_height=True):
+            c["model"] = gr.Dropdown(host.names(), value=host.default, label="Model", scale=3)
+            load_box = gr.Textbox(label="Load another model", placeholder="Hugging Face id or local folder", scale=3)
+            load_btn = gr.Button("Load model", scale=1)
+        c["model_info"] = gr.Markdown(model_info(host.get()), elem_id="model-info")
+
+        with gr.Row():
+            # ---- settings: one control per knob, grouped as in engine/knobs.py ----
+            with gr.Column(scale=2, min_width=330):
+                gr.Markdown("### Sampling settings")
+                for group in GROUPS:
+                    with gr.Accordion(GROUP_TITLES[group], open=group != "advanced"):
+                        c[f"error_{group}"] = gr.Markdown(elem_classes=["knob-error"], elem_id=f"error-{group}")
+                        for name in UI_KNOBS:
+                            if KNOBS[name].group != group:
+                                continue
+                            if name == "sampler_order":
+                                c["order_preset"] = gr.Dropdown(list(ORDER_PRESETS), value=list(ORDER_PRESETS)[0],
+                                                                label="sampler order preset")
+                            c[name] = _control(name)
+                            if name == "logit_bias":
+                                c["bias_preview"] = gr.Markdown(elem_id="bias-preview")
+                        if group == "advanced":
+                            c["tools"] = gr.Code(language="json", label="tools (JSON list of functions)", value="", lines=3,
+                                                 elem_id="tools")
+                            c["tool_choice"] = gr.Radio(list(TOOL_CHOICES), value="auto", label="tool_choice", elem_id="tool-choice",
+                                                        info=REQUEST_KNOBS["tool_choice"].help)
+                            c["reasoning_effort"] = gr.Radio(["none", *REQUEST_KNOBS["reasoning_effort"].choices], value="none",
+                                                             label="reasoning_effort", elem_id="effort",
+                                                             **effort_state(host.get(host.default)))
+                            c["response_format"] = gr.Radio(["text", "json_object"], value="text", label="response_format",
+                                                            info=REQUEST_KNOBS["response_format"].help, elem_id="response-format")
+                reset_btn = gr.Button("Reset to defaults", elem_id="reset")
+                with gr.Accordion("Share, save, load", open=True):
+                    share_btn = gr.Button("Share link to these settings", elem_id="share")
+                    c["share_url"] = gr.Textbox(label="Link (settings and prompt)", elem_id="share-url", buttons=["copy"],
+                                                interactive=False)
+                    save_btn = gr.Button("Save the shown run (JSON)", elem_id="save")
+                    c["run_file"] = gr.File(label="Run file", elem_id="run-file", interactive=False)
+                    load_btn_file = gr.UploadButton("Load a run (saved JSON, or an API response with trace)",
+                                                    file_types=[".json"], elem_id="load-run")
+                    c["file_note"] = gr.Markdown(elem_id="file-note")
+
+            # ---- conversation, output and the pictures ----
+            with gr.Column(scale=5):
+                c["chat"] = gr.Chatbot(label="Conversation", height=240, elem_id="chat")
+                c["system"] = gr.Textbox(label="System prompt", placeholder="empty: the chat template's default", lines=1,
+                                         elem_id="system")
+                c["message"] = gr.Textbox(label="Your message", value=DEFAULT_MESSAGE, lines=2, elem_id="message")
+                with gr.Row():
+                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                    clear_btn = gr.Button("Clear conversation", elem_id="clear")
+                c["run_error"] = gr.Markdown(elem_id="run-error")
+                c["completions"] = gr.HTML(elem_id="completions")
+                with gr.Row():
+                    c["view"] = gr.Dropdown([], label="Showing", elem_id="view", scale=2)
+                    c["completion"] = gr.Radio(["1"], value="1", label="Completion", scale=2)
+                    c["mode"] = gr.Radio(list(tokenview.MODES), value=tokenview.MODES[0], label="Colour tokens by", scale=3)
+                c["tokens"] = gr.HTML(tokenview.token_view_html([], {}), elem_id="tokenview", js_on_load=TOKENVIEW_JS)
+                c["timeline"] = gr.Plot(elem_id="timeline", show_label=False)
+                c["step"] = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="step",
+                                      info="Or click a token above, or a point on the timeline.")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        c["inspector"] = gr.Plot(elem_id="inspector", show_label=False)
+                    with gr.Column(scale=2):
+                        c["sentences"] = gr.Markdown(elem_id="sentences")
+                        c["alternatives"] = gr.HTML(elem_id="alternatives")
+                c["draw"] = gr.Plot(elem_id="draw", show_label=False)
+                with gr.Tabs():
+                    with gr.Tab("What if", elem_id="tab-whatif"):
+                        with gr.Row():
+                            c["live"] = gr.Checkbox(True, label="Live what-if", scale=1, elem_id="live",
+                                                    info="Move any sampler control: the selected step is sampled again "
+                                                         "from its exact logits, with the same random number. No generation.")
+                            continue_btn = gr.Button("Continue from here with these settings", scale=1, elem_id="continue")
+                        c["whatif_note"] = gr.Markdown(elem_id="whatif-note")
+                        c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False)
+                        c["whatif_draw"] = gr.Plot(elem_id="whatif-draw", show_label=False)
+                        c["whatif_branch"] = gr.HTML(elem_id="whatif-branch")
+                    with gr.Tab("Penalty ledger", elem_id="tab-ledger"):
+                        gr.Markdown("For the selected step under the current settings: every token the repetition "
+                                    "penalty, presence/frequency penalties and DRY touched, how often it occurred "
+                                    "before the step, and how much logit each penalty took from it.")
+                        c["ledger"] = gr.HTML(elem_id="ledger")
+                    with gr.Tab("Sweep", elem_id="tab-sweep"):
+                        gr.Markdown("Generate k samples for each value of one knob (the other settings as they are, "
+                                    "one seed for all) and see what the knob does to the texts. "
+                                    + " · ".join(f"**{title}**: {what}" for title, what in METRICS.values()))
+                        with gr.Row():
+                            c["sweep_knob"] = gr.Dropdown(SWEEPABLE, value="temperature", label="Knob", elem_id="sweep-knob", scale=2)
+                            c["sweep_from"] = gr.Number(0.0, label="from", elem_id="sweep-from", scale=1)
+                            c["sweep_to"] = gr.Number(2.0, label="to", elem_id="sweep-to", scale=1)
+                            c["sweep_count"] = gr.Number(5, label=f"values [2, {MAX_VALUES}]", precision=0, elem_id="sweep-count", scale=1)
+                            c["sweep_samples"] = gr.Number(4, label=f"samples per value [1, {MAX_SAMPLES}]", precision=0,
+                                                           elem_id="sweep-samples", scale=1)
+                            c["sweep_tokens"] = gr.Number(32, label="tokens per sample", precision=0, elem_id="sweep-tokens", scale=1)
+                            sweep_btn = gr.Button("Run sweep", scale=1, elem_id="sweep")
+                        c["sweep_status"] = gr.HTML(elem_id="sweep-status")
+                        c["sweep_plot"] = gr.Plot(elem_id="sweep-plot", show_label=False)
+                        c["sweep_pick"] = gr.Radio([], label="Samples at (or click a point)", elem_id="sweep-pick")
+                        c["sweep_texts"] = gr.HTML(elem_id="sweep-texts")
+                        c["sweep_csv"] = gr.File(label="Sweep as CSV", elem_id="sweep-csv", interactive=False)
+                    with gr.Tab("Branch"):
+                        gr.Markdown("Pick another token at the selected step and continue from there; the earlier "
+                                    "tokens stay, the original stays to compare.")
+                        with gr.Row():
+                            c["alt"] = gr.Dropdown([], label="Alternative at the selected step", scale=3, elem_id="alt")
+                            branch_btn = gr.Button("Continue from here", scale=1, elem_id="branch")
+                        c["branch_view"] = gr.HTML(elem_id="branch-view")
+                    with gr.Tab("Compare"):
+                        gr.Markdown("Run the last prompt with the same seed under the current settings (A) and "
+                                    "with these overrides (B), and see where and why the texts part.")
+                        with gr.Row():
+                            c["settings_b"] = gr.Textbox(DEFAULT_SETTINGS_B, label="Settings B: knob overrides (JSON)", scale=3,
+                                                         elem_id="settings-b")
+                            compare_btn = gr.Button("Compare", scale=1, elem_id="compare")
+                        c["compare_view"] = gr.HTML(elem_id="compare-view")
+                    with gr.Tab("Replay"):
+                        gr.Markdown("Redo the selected step with the same random number under another engine's "
+                                    "sampler order, and see whether it would have picked another token.")
+                        with gr.Row():
+                            c["replay_order"] = gr.Dropdown(list(PRESETS), value="llama.cpp", label="Engine order", scale=3,
+                                                            elem_id="replay-order")
+                            replay_btn = gr.Button("Replay this step", scale=1, elem_id="replay")
+                        c["replay_note"] = gr.Markdown(elem_id="replay-note")
+                        c["replay_plot"] = gr.Plot(elem_id="replay-plot", show_label=False)
+                    with gr.Tab("View code"):
+                        gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
+                                    "(only knobs that differ from the API defaults are sent).")
+                        c["curl"] = gr.Code(language="shell", label="curl", elem_id="curl")
+                        c["python"] = gr.Code(language="python", label="openai Python client", elem_id="python")
+                    with gr.Tab("Prompt"):
+                        gr.Markdown("The last prompt as the model saw it, after its chat template.")
+                        c["prompt"] = gr.Code(language=None, label="templated prompt", elem_id="prompt")
+
+        _wire(demo, host, stops, c, buttons=dict(
+            load=load_btn, load_box=load_box, reset=reset_btn, share=share_btn, save=save_btn, load_file=load_btn_file,
+            generate=gen_btn, stop=stop_btn, clear=clear_btn, cont=continue_btn, sweep=sweep_btn, branch=branch_btn,
+            compare=compare_btn, replay=replay_btn))
+
+    demo.queue(default_concurrency_limit=8, max_size=64)
+    return demo
+
+
+def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component], buttons: dict[str, Any]) -> None:
+    b = buttons
+    pick = lambda *names: {n: c[n] for n in names}  # noqa: E731
+    settings = pick(*SETTINGS)
+    selection = pick("runs", "view", "completion", "step")
+    view_out = pick(*ui_events.EMPTY_VIEW)
+    model_events = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
+    quiet = {"show_progress": "hidden"}
+    bound = lambda fn: functools.partial(fn, host=host, stops=stops)  # noqa: E731
+    controls = [c[n] for n in (*SETTINGS, "order_preset") if not isinstance(c[n], gr.State)]
+
+    # ---- validation and code snippets, live as settings change ----
+    validate_out = pick(*(f"error_{g}" for g in GROUPS), "bias_preview", "curl", "python")
+    validate = functools.partial(ui_events.validate, host=host)
+    _on([x.change for x in controls] + [demo.load], validate, {**settings, "runs": c["runs"]}, validate_out,
+        trigger_mode="always_last", **quiet)
+
+    # ---- a shared link restores settings and prompt ----
+    _on(demo.load, functools.partial(ui_events.apply_link, host=host), {}, pick(*UI_KNOBS, "model", "system", "message", "link_note"))
+
+    # ---- generate: stream tokens, then keep the run; then draw it and its what-if ----
+    whatif_in = {**settings, **selection, "live": c["live"]}
+    whatif_out = pick("whatif_note", "whatif_plot", "whatif_draw", "ledger")
+    gen_event = _on([b["generate"].click, c["message"].submit], bound(ui_events.generate), settings,
+                    pick("run_error", "completions", "tokens", "chat", "runs", "history", "message", "view", "completion",
+                         "step", "prompt"), **model_events)
+    drawn = _then(gen_event, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+    _then(drawn, validate, {**settings, "runs": c["runs"]}, validate_out, **quiet)
+    _on(b["stop"].click, functools.partial(ui_events.stop, stops=stops), {}, {}, concurrency_limit=None, **quiet)
+    _on(b["clear"].click, ui_events.clear, {}, pick("history", "chat", "run_error"))
+
+    # ---- selection: which run, completion and step the pictures show ----
+    _then(_on(c["view"].input, ui_events.pick_view, pick("runs", "view"), pick("completion", "step")),
+          ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+    _then(_on(c["completion"].input, ui_events.pick_completion, pick("runs", "view", "completion"), pick("step")),
+          ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+    shown = _on([c["step"].change, c["mode"].change], ui_events.show, {**selection, "mode": c["mode"]}, view_out,
+                trigger_mode="always_last", **quiet)
+    c["tokens"].click(_pick_token, None, c["step"], **quiet)
+
+    # ---- what-if: the selected step, again, under the current settings ----
+    what_if = bound(ui_events.what_if)
+    _then(shown, what_if, whatif_in, whatif_out, **quiet, **model_events)
+    _on([x.change for x in controls if x is not c["message"]] + [c["live"].change], what_if, whatif_in, whatif_out,
+        trigger_mode="always_last", **quiet, **model_events)
+    _on(b["cont"].click, bound(ui_events.continue_here), {**settings, **selection}, pick("whatif_branch", "runs", "view"),
+        **model_events)
+
+    # ---- sweeps ----
+    sweep_in = {**settings, "runs": c["runs"], "knob": c["sweep_knob"], "start": c["sweep_from"], "end": c["sweep_to"],
+                "count": c["sweep_count"], "samples": c["sweep_samples"], "tokens": c["sweep_tokens"]}
+    _on(b["sweep"].click, bound(ui_events.sweep), sweep_in,
+        pick("sweep_status", "sweep_plot", "sweep_pick", "sweep_texts", "sweep_state", "sweep_csv"), **model_events)
+    _on(c["sweep_pick"].input, ui_events.pick_sweep_point, {"result": c["sweep_state"], "index": c["sweep_pick"]},
+        pick("sweep_texts", "sweep_plot"), **quiet)
+
+    # ---- branch, compare, replay ----
+    _on(b["branch"].click, bound(ui_events.branch), {**selection, "alt": c["alt"]}, pick("branch_view", "runs", "view"),
+        **model_events)
+    _on(b["compare"].click, bound(ui_events.compare), {**settings, "runs": c["runs"], "overrides": c["settings_b"]},
+        pick("compare_view", "runs", "view"), **model_events)
+    _on(b["replay"].click, bound(ui_events.replay), {**selection, "preset": c["replay_order"]},
+        pick("replay_note", "replay_plot"), **model_events)
+
+    # ---- share, save, load ----
+    _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))
+    _on(b["save"].click, ui_events.save_run, pick("runs", "view"), pick("run_file", "file_note"))
+    loaded = _on(b["load_file"].upload, ui_events.load_run, {"path": b["load_file"]},
+                 pick(*UI_KNOBS, "file_note", "runs", "view", "completion", "step", "completions", "message", "system"))
+    _then(loaded, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+
+    # ---- settings helpers ----
+    _on(b["reset"].click, ui_events.reset, {}, pick(*UI_KNOBS, *ui_events.EXTRA_CONTROLS))
+    c["order_preset"].input(lambda p: ", ".join(ORDER_PRESETS[p]), c["order_preset"], c["sampler_order"])
+
+    # ---- models ----
+    def load(name, progress=gr.Progress()):
+        said = []
+
+        def say(message):
+            said.append(message)
+            progress((len(said), None), desc=message)
+
+        out = ui_events.load_model(host, name, say)
+        return {c[k]: v for k, v in out.items()}
+
+    # Its own queue slot: a Hub load can take minutes (or retry for a while offline) without holding up generation.
+    b["load"].click(load, b["load_box"], [c["model"], c["model_info"]], concurrency_limit=1, concurrency_id="load")
+    _on(c["model"].change, functools.partial(ui_events.pick_model, host=host), {"name": c["model"]},
+        pick("model_info", "reasoning_effort"))

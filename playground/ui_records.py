@@ -159,3 +159,34 @@ def explain_replay(recorded: Step, mine: Step, other: Step, texts: dict[int, str
         text += (f" (Recomputed from the prompt, the step's logits differ a little from the run's, which drew "
                  f"'{token_label(texts, recorded['token_id'])}' here.)")
     return text
+
+
+def explain_what_if(recorded: Step, shown: Step, texts: dict[int, str], changes: list[str]) -> str:
+    """Plain sentences on a what-if: what the step picks under the current settings, against what the
+    run picked, and why (the stage that removed the run's token, or where the random number landed)."""
+    def p_final(step: Step, token: int) -> float:
+        probs = candidate_probs(step, token)
+        return 0.0 if probs is None else probs[-1]
+
+    was, now = recorded["token_id"], shown["token_id"]
+    if shown["draw"] is None:
+        how = "greedy: the most likely token"
+    elif recorded.get("draw") is None:
+        how = f"random number {shown['draw']:.3f}, the run's own for this step"
+    else:
+        how = f"same random number {shown['draw']:.3f}"
+    if not changes:
+        head = "These are the run's own settings: the step as it was recorded."
+    else:
+        head = "Changed: " + ", ".join(changes) + "."
+    if now == was:
+        text = (f"With these settings this step still picks '{token_label(texts, now)}' ({how}); its final p "
+                f"{p_final(recorded, was):.3f} → {p_final(shown, now):.3f}.")
+    else:
+        text = (f"With these settings this step would pick '{token_label(texts, now)}' instead of "
+                f"'{token_label(texts, was)}' ({how}). {_sentence(why_not(shown, was, texts))}.")
+    return f"{head} {text}"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]

@@ -213,3 +213,22 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 def describe_error(e: ParamError) -> str:
     return f"⚠️ **{e.param}**: {e.message}"
+
+
+def control_values(params: dict[str, Any]) -> dict[str, Any]:
+    """The controls' values that show these settings (a run's params, API shapes): what `collect` reads
+    back into the same params."""
+    out: dict[str, Any] = {}
+    for name in UI_KNOBS:
+        knob = KNOBS[name]
+        value = params.get(name, knob.default)
+        if knob.kind in ("stop", "strings"):
+            value = "\n".join(s.replace("\n", "\\n").replace("\t", "\\t") for s in (value or ()))
+        elif knob.kind == "logit_bias":
+            value = "\n".join(f"{k}: {v:g}" for k, v in (value or {}).items())
+        elif knob.kind == "order":
+            value = ", ".join(value or STAGE_ORDER)
+        elif knob.kind == "optional_int":
+            value = "" if value is None else str(value)
+        out[name] = value
+    return out

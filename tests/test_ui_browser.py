@@ -79,6 +79,7 @@ def test_an_invalid_setting_shows_a_message_next_to_its_group(page):
 
 
 def test_branching_continues_from_an_alternative_next_to_the_original(page):
+    page.get_by_role("tab", name="Branch").click()
     page.click("#branch")
     view = page.locator("#branch-view")
     view.locator(".comp-head:has-text('Branch 1')").wait_for(timeout=GENERATION_TIMEOUT_MS)
