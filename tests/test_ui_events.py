@@ -1,0 +1,158 @@
+"""The UI's handlers as plain functions, on the real embedded model, without a browser."""
+
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine.knobs import KNOBS
+from playground import ui_events
+from playground.models import ModelHost
+from playground.ui_events import Inputs, Stops
+from playground.ui_settings import UI_KNOBS, control_spec
+
+pytestmark = pytest.mark.model
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def host(lm):
+    host = ModelHost(lm)
+    yield host
+    host.scheduler().close()
+
+
+def settings(lm, message="Name a river.", **knobs) -> Inputs:
+    values = {name: control_spec(KNOBS[name]).value for name in UI_KNOBS}
+    values.update({"max_tokens": "6", "seed": "3", **knobs})
+    return Inputs(lm.name, "", message, [], values, tool_choice="auto")
+
+
+def last(events) -> dict:
+    out = {}
+    for out in events:
+        pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(lm, host):
+    return last(ui_events.generate(host, Stops(), settings(lm, repetition_penalty=1.2), "s"))["runs"]
+
+
+def test_stop_ends_every_run_of_its_session_and_no_other():
+    stops = Stops()
+    with stops.run("a") as one, stops.run("a") as two, stops.run("b") as other:
+        assert stops.stop("a") == 2
+        assert one.is_set() and two.is_set() and not other.is_set()
+    assert stops.running("a") == 0 and stops.running("b") == 0  # a run that ended takes its flag away
+
+
+def test_a_new_run_does_not_take_over_an_earlier_runs_stop_flag():
+    stops = Stops()
+    with stops.run("a") as first:
+        with stops.run("a"):
+            pass  # a second run of the session starts and ends
+        stops.stop("a")
+        assert first.is_set()
+
+
+def test_generate_keeps_the_run_and_selects_its_most_uncertain_step(lm, runs):
+    run = runs[0]
+    assert run["params"]["seed"] == 3 and len(run["completions"][0]["steps"]) == 6
+    assert run["params"]["repetition_penalty"] == 1.2
+
+
+def test_a_bad_setting_is_named_and_nothing_runs(lm, host):
+    outs = list(ui_events.generate(host, Stops(), settings(lm, seed="abc"), "s"))
+    assert len(outs) == 1 and "**seed**" in outs[0]["run_error"] and "runs" not in outs[0]
+
+
+def test_stop_cancels_a_generation_in_flight(lm, host):
+    stops = Stops()
+    events = ui_events.generate(host, stops, settings(lm, "Tell a long story.", max_tokens="400"), "s")
+    next(events)
+    stops.stop("s")
+    out = last(events)
+    assert out["runs"][0]["completions"][0]["finish_reason"] == "cancelled"
+
+
+def test_show_draws_the_selected_step_and_nothing_without_a_run(runs):
+    out = ui_events.show(runs, 0, "1", 2, "raw probability")
+    assert out["sentences"].startswith("**Step 2**") and out["inspector"] is not None
+    assert ui_events.show([], None, "1", 0, "raw probability")["inspector"] is None
+
+
+def test_what_if_with_the_runs_settings_then_another_temperature(lm, host, runs):
+    first = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2), runs, 0, "1", 4, True, "s"))
+    assert "the run's own settings" in first["whatif_note"]
+    hot = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2, temperature=1.6), runs, 0, "1", 4, True, "s"))
+    assert "Changed: temperature 1.0 → 1.6" in hot["whatif_note"]
+    assert "repetition penalty" in hot["ledger"]
+
+
+def test_what_if_is_quiet_when_off_and_names_a_bad_setting(lm, host, runs):
+    assert list(ui_events.what_if(host, Stops(), settings(lm), runs, 0, "1", 1, False, "s")) == []
+    out = last(ui_events.what_if(host, Stops(), settings(lm, top_p=0), runs, 0, "1", 1, True, "s"))
+    assert "**top_p**" in out["whatif_note"]
+
+
+def test_what_if_on_a_run_without_its_prompt_says_what_it_needs(lm, host, runs):
+    bare = [{**runs[0], "prompt_ids": []}]
+    out = last(ui_events.what_if(host, Stops(), settings(lm), bare, 0, "1", 1, True, "s"))
+    assert "needs the prompt" in out["whatif_note"]
+
+
+def test_continue_here_adds_a_run_that_shares_the_earlier_tokens(lm, host, runs):
+    out = last(ui_events.continue_here(host, Stops(), settings(lm, temperature=1.5), runs, 0, "1", 3, "s"))
+    new = out["runs"][-1]
+    assert new["label"].startswith("What-if 1: step 3")
+    assert [s["token_id"] for s in new["completions"][0]["steps"][:3]] == \
+           [s["token_id"] for s in runs[0]["completions"][0]["steps"][:3]]
+
+
+def test_a_sweep_makes_a_point_per_value_a_plot_and_a_csv(lm, host, runs):
+    out = last(ui_events.sweep(host, Stops(), settings(lm), runs, "temperature", 0.0, 1.0, 3, 2, 4, "s"))
+    result = out["sweep_state"]
+    assert [p["value"] for p in result["points"]] == [0.0, 0.5, 1.0]
+    assert all(len(p["texts"]) == 2 for p in result["points"])
+    assert len(out["sweep_plot"].data) == 6
+    rows = list(csv.reader(Path(out["sweep_csv"]).read_text().splitlines()))
+    assert rows[0][0] == "temperature" and len(rows) == 4
+    # temperature 0 is greedy: both of its samples are the same text
+    assert len(set(result["points"][0]["texts"])) == 1
+    picked = ui_events.pick_sweep_point(result, 2)
+    assert "temperature = 1.0" in picked["sweep_texts"]
+
+
+def test_a_sweep_outside_the_knobs_range_says_so(lm, host, runs):
+    out = last(ui_events.sweep(host, Stops(), settings(lm), runs, "top_p", 0.0, 1.0, 3, 2, 4, "s"))
+    assert "top_p must be in (0, 1]" in out["sweep_status"]
+
+
+def test_a_saved_run_loads_back_with_its_settings(runs):
+    saved = ui_events.save_run(runs, 0)
+    loaded = ui_events.load_run(saved["run_file"])
+    assert loaded["runs"][0]["completions"] == runs[0]["completions"]
+    assert loaded["repetition_penalty"] == 1.2 and loaded["seed"] == "3" and loaded["message"] == "Name a river."
+    assert "Could not load" in ui_events.load_run(__file__)["file_note"]
+
+
+def test_a_link_restores_settings_and_names_what_it_could_not(lm, host):
+    out = ui_events.apply_link(host, {"temperature": "0.4", "message": "Hello", "model": "nope/model", "top_k": "-3"})
+    assert out["temperature"] == 0.4 and out["message"] == "Hello" and "model" not in out
+    assert "nope/model" in out["link_note"] and "top_k" in out["link_note"]
+    assert ui_events.apply_link(host, {}) == {}
+
+
+def test_a_share_link_carries_the_prompt_and_changed_knobs(lm):
+    out = ui_events.share_link(settings(lm, temperature=0.5), "http://host:7860")
+    assert out["share_url"].startswith("http://host:7860/?") and "temperature=0.5" in out["share_url"]
+
+
+def test_the_ui_uses_no_private_gradio_attributes():
+    for path in (ROOT / "playground").glob("*.py"):
+        assert "._data" not in path.read_text(), path.name
