@@ -229,23 +229,56 @@ def timeline_figure(steps: list[Step], texts: dict[int, str], selected: int | No
     return fig
 
 
-def sweep_figure(knob: str, points: list[dict[str, Any]], selected: int | None = None) -> go.Figure:
-    """One small chart per sweep metric (playground/sweeps.py) against the knob's value. Clicking a point
-    shows that value's samples: the UI reads the point's index."""
+def sweep_figure(points: list[dict[str, Any]], selected: int | None = None) -> go.Figure:
+    """One small chart per sweep metric (playground/sweeps.py): against the knob's value, or a heatmap
+    over two knobs' values. Clicking a point (or cell) shows its samples: the UI reads its customdata,
+    the point's index."""
     from playground.sweeps import METRICS
 
+    knobs = list(points[0]["settings"]) if points else ["value"]
     fig = make_subplots(rows=2, cols=3, subplot_titles=[title for title, _ in METRICS.values()],
-                        horizontal_spacing=0.08, vertical_spacing=0.2)
-    x = [p["value"] for p in points]
+                        horizontal_spacing=0.1, vertical_spacing=0.2)
     for k, (name, (title, _)) in enumerate(METRICS.items()):
-        y = [p["metrics"][name] for p in points]
-        colors = [CHOSEN if i == selected else KEPT for i in range(len(points))]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=title, customdata=list(range(len(points))),
-                                 line={"color": "#94a3b8", "width": 1.5}, marker={"size": 10, "color": colors},
-                                 hovertemplate=f"{knob} %{{x}}: {title} %{{y:.3f}}<extra></extra>"),
-                      row=k // 3 + 1, col=k % 3 + 1)
-    fig.update_xaxes(title=knob, title_font={"size": 11}, gridcolor="#eef2f7")
-    fig.update_yaxes(gridcolor="#eef2f7", rangemode="tozero")
-    fig = _layout(fig, 480, f"Sweep of {knob}: {points[0]['samples'] if points else 0} samples per value (click a point for its texts)")
+        row, col = k // 3 + 1, k % 3 + 1
+        if len(knobs) == 1:
+            fig.add_trace(_sweep_line(knobs[0], points, name, title, selected), row=row, col=col)
+        else:
+            for trace in _sweep_heatmap(knobs, points, name, title, selected, k):
+                fig.add_trace(trace, row=row, col=col)
+    fig.update_xaxes(title=knobs[0], title_font={"size": 11}, gridcolor="#eef2f7")
+    if len(knobs) == 1:
+        fig.update_yaxes(gridcolor="#eef2f7", rangemode="tozero")
+        about = knobs[0]
+    else:
+        fig.update_yaxes(title=knobs[1], title_font={"size": 11})
+        about = f"{knobs[0]} × {knobs[1]}"
+    samples = points[0]["samples"] if points else 0
+    fig = _layout(fig, 520, f"Sweep of {about}: {samples} samples per point (click a point for its texts)")
     fig.update_layout(hovermode="closest")
     return fig
+
+
+def _sweep_line(knob: str, points: list[dict], name: str, title: str, selected: int | None) -> go.Scatter:
+    colors = [CHOSEN if i == selected else KEPT for i in range(len(points))]
+    return go.Scatter(x=[p["settings"][knob] for p in points], y=[p["metrics"][name] for p in points], mode="lines+markers",
+                      name=title, customdata=list(range(len(points))), line={"color": "#94a3b8", "width": 1.5},
+                      marker={"size": 10, "color": colors}, hovertemplate=f"{knob} %{{x}}: {title} %{{y:.3f}}<extra></extra>")
+
+
+def _sweep_heatmap(knobs: list[str], points: list[dict], name: str, title: str, selected: int | None, k: int) -> list:
+    xs = list(dict.fromkeys(p["settings"][knobs[0]] for p in points))
+    ys = list(dict.fromkeys(p["settings"][knobs[1]] for p in points))
+    z = [[None] * len(xs) for _ in ys]
+    index = [[None] * len(xs) for _ in ys]
+    for i, p in enumerate(points):
+        r, c = ys.index(p["settings"][knobs[1]]), xs.index(p["settings"][knobs[0]])
+        z[r][c], index[r][c] = p["metrics"][name], i
+    # Categorical axes: every value gets a cell of the same size, however uneven the values.
+    out = [go.Heatmap(x=[str(x) for x in xs], y=[str(y) for y in ys], z=z, customdata=index, colorscale="Blues",
+                      showscale=False, name=title, texttemplate="%{z:.2f}", textfont={"size": 9},
+                      hovertemplate=f"{knobs[0]} %{{x}}, {knobs[1]} %{{y}}: {title} %{{z:.3f}}<extra></extra>")]
+    if selected is not None and 0 <= selected < len(points):
+        p = points[selected]["settings"]
+        out.append(go.Scatter(x=[str(p[knobs[0]])], y=[str(p[knobs[1]])], mode="markers", hoverinfo="skip",
+                              marker={"symbol": "square-open", "size": 22, "color": CHOSEN, "line": {"width": 3}}))
+    return out

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from engine.knobs import KNOBS, ParamError, SamplingParams
+from playground.ui_runs import blank_run
 
 FORMAT = "sampling-playground/run"
 VERSION = 1
@@ -93,23 +94,9 @@ def _response(resp: dict[str, Any], request: dict[str, Any] | None) -> tuple[dic
     knobs = {k: v for k, v in (request or {}).items() if k in KNOBS}
     order = [s for s in stages if s not in ("raw", "constraint")]
     params = _params({**knobs, "sampler_order": order, "seed": resp.get("seed"), "n": len(completions)})
-    run = {
-        "label": f"API {resp.get('id', 'response')}",
-        "model": resp.get("model", "unknown"),
-        "messages": (request or {}).get("messages", []),
-        "prompt_ids": [],
-        "params": params,
-        "stages": stages,
-        "completions": completions,
-        "texts": texts,
-        "branch_of": None,
-        "first_index": 0,
-        "waiting": None,
-        "extras": {},
-        "functions": [],
-        "tool_choice": "none",
-        "thinking": False,
-    }
+    run = blank_run(f"API {resp.get('id', 'response')}", resp.get("model", "unknown"), (request or {}).get("messages", []),
+                    [], params, stages, len(completions))
+    run.update(completions=completions, texts=texts)
     note = (f"Loaded an API response from {run['model']} ({len(completions)} choice{'s' if len(completions) > 1 else ''}).")
     if request is None:
         note += (" It carries no request, so the settings shown are the defaults with its seed and sampler order; "

@@ -29,6 +29,7 @@ METRICS = {  # name: (chart title, what it says)
 }
 MAX_VALUES = 16
 MAX_SAMPLES = 16
+MAX_COMPLETIONS = 512  # values x values of the second knob x samples: one sweep's share of the batch
 # Numeric knobs of the sampler stages: the ones a sweep can vary.
 SWEEPABLE = [name for name, k in KNOBS.items()
              if k.kind in ("float", "int") and k.group in ("randomness", "repetition", "more samplers")]
@@ -57,6 +58,24 @@ def check_samples(k: Any) -> int:
     if not isinstance(k, (int, float)) or int(k) != k or not 1 <= k <= MAX_SAMPLES:
         raise ParamError("samples per value", f"samples per value must be an integer in [1, {MAX_SAMPLES}], got {k!r}")
     return int(k)
+
+
+def grid(knob: str, values: list, knob2: str | None = None, values2: list | None = None, samples: int = 1) -> list[dict[str, Any]]:
+    """The settings of every point: {knob: value} for one knob, {knob: v, knob2: w} for every pair with
+    two (a heatmap). ParamError when the same knob is given twice or the sweep is too large."""
+    if not knob2:
+        return [{knob: v} for v in values]
+    if knob2 == knob:
+        raise ParamError("second knob", f"the second knob must differ from the first ({knob})")
+    total = len(values) * len(values2 or []) * samples
+    if total > MAX_COMPLETIONS:
+        raise ParamError("sweep size", f"values x second values x samples = {len(values)} x {len(values2)} x {samples} = "
+                                       f"{total} completions; a sweep makes at most {MAX_COMPLETIONS}")
+    return [{knob: v, knob2: w} for v in values for w in values2]
+
+
+def label(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in settings.items())
 
 
 def metrics(completions: list[dict[str, Any]], eos_ids: Iterable[int] = ()) -> dict[str, float]:
@@ -94,13 +113,14 @@ def _repeated_share(tokens: list[int], n: int) -> float:
     return 1 - len(set(grams)) / len(grams)
 
 
-def table(knob: str, points: list[dict[str, Any]]) -> str:
-    """CSV: one row per value (the knob's value, samples, every metric), for a spreadsheet."""
+def table(points: list[dict[str, Any]]) -> str:
+    """CSV: one row per point (its knob values, samples, every metric), for a spreadsheet."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([knob, "samples", *METRICS])
+    knobs = list(points[0]["settings"]) if points else []
+    writer.writerow([*knobs, "samples", *METRICS])
     for p in points:
-        writer.writerow([p["value"], p["samples"], *(_cell(p["metrics"][m]) for m in METRICS)])
+        writer.writerow([*(p["settings"][k] for k in knobs), p["samples"], *(_cell(p["metrics"][m]) for m in METRICS)])
     return out.getvalue()
 
 

@@ -203,7 +203,8 @@ def progress_html(done: int, total: int, label: str) -> str:
             f"<span>{escape(label)}</span></div>")
 
 
-def samples_html(knob: str, point: dict) -> str:
-    """The texts a sweep made at one value."""
+def samples_html(point: dict) -> str:
+    """The texts a sweep made at one point."""
+    where = ", ".join(f"{k} = {v}" for k, v in point["settings"].items())
     items = "".join(f"<li><div class='comp-text'>{escape(t)}</div></li>" for t in point["texts"])
-    return f"<p class='note'>{escape(knob)} = {point['value']}: {len(point['texts'])} samples</p><ol class='sweep-texts'>{items}</ol>"
+    return f"<p class='note'>{escape(where)}: {len(point['texts'])} samples</p><ol class='sweep-texts'>{items}</ol>"

@@ -267,9 +267,16 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                                            elem_id="sweep-samples", scale=1)
                             c["sweep_tokens"] = gr.Number(32, label="tokens per sample", precision=0, elem_id="sweep-tokens", scale=1)
                             sweep_btn = gr.Button("Run sweep", scale=1, elem_id="sweep")
+                        with gr.Row():
+                            c["sweep_knob2"] = gr.Dropdown(["none", *SWEEPABLE], value="none", elem_id="sweep-knob2", scale=2,
+                                                           label="Second knob, for a heatmap (optional)")
+                            c["sweep_from2"] = gr.Number(0.0, label="from", elem_id="sweep-from2", scale=1)
+                            c["sweep_to2"] = gr.Number(1.0, label="to", elem_id="sweep-to2", scale=1)
+                            c["sweep_count2"] = gr.Number(3, label=f"values [2, {MAX_VALUES}]", precision=0, elem_id="sweep-count2",
+                                                          scale=1)
                         c["sweep_status"] = gr.HTML(elem_id="sweep-status")
                         c["sweep_plot"] = gr.Plot(elem_id="sweep-plot", show_label=False)
-                        c["sweep_pick"] = gr.Radio([], label="Samples at (or click a point)", elem_id="sweep-pick")
+                        c["sweep_pick"] = gr.Radio([], label="Samples at (or click a point or cell)", elem_id="sweep-pick")
                         c["sweep_texts"] = gr.HTML(elem_id="sweep-texts")
                         c["sweep_csv"] = gr.File(label="Sweep as CSV", elem_id="sweep-csv", interactive=False)
                     with gr.Tab("Branch"):
@@ -364,7 +371,8 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
 
     # ---- sweeps ----
     sweep_in = {**settings, "runs": c["runs"], "knob": c["sweep_knob"], "start": c["sweep_from"], "end": c["sweep_to"],
-                "count": c["sweep_count"], "samples": c["sweep_samples"], "tokens": c["sweep_tokens"]}
+                "count": c["sweep_count"], "samples": c["sweep_samples"], "tokens": c["sweep_tokens"],
+                "knob2": c["sweep_knob2"], "start2": c["sweep_from2"], "end2": c["sweep_to2"], "count2": c["sweep_count2"]}
     _on(b["sweep"].click, bound(ui_events.sweep), sweep_in,
         pick("sweep_status", "sweep_plot", "sweep_pick", "sweep_texts", "sweep_state", "sweep_csv"), **model_events)
     _on(c["sweep_pick"].input, ui_events.pick_sweep_point, {"result": c["sweep_state"], "index": c["sweep_pick"]},

@@ -412,19 +412,26 @@ def continue_here(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], v
         except (ParamError, Refused) as e:
             yield {"whatif_branch": f"<p class='note'>Cannot continue: {e.message}</p>"}
             return
-        original = run["completions"][c]["steps"]
+        note = (f"Both share the first {pos} tokens; from step {pos} (underlined) on, the current settings decide, "
+                "with the same random numbers.")
 
         def picture(b: dict) -> str:
-            return tokenview.side_by_side([
-                (f"Original ({run['label']}, completion {c + 1})", tokenview.token_view_html(original, run["texts"], mark=pos, legend=False)),
-                (label, tokenview.token_view_html(b["completions"][0]["steps"], b["texts"], mark=pos, legend=False)),
-            ], note=f"Both share the first {pos} tokens; from step {pos} (underlined) on, the current settings decide, "
-                    "with the same random numbers.")
+            return _beside_original(run, c, pos, label, b, note, mark_new=True)
 
         for new in ui_runs.advance(lm, ticket, new, prefix_text=prefix_text):
             yield {"whatif_branch": picture(new)}
     runs = [*runs, new]
     yield {"whatif_branch": picture(new), "runs": runs, "view": gr.update(choices=view_choices(runs))}
+
+
+def _beside_original(run: dict, c: int, pos: int, label: str, new: dict, note: str, mark_new: bool) -> str:
+    """A run that continues completion c of `run` from step `pos`, next to that completion."""
+    original = run["completions"][c]["steps"]
+    return tokenview.side_by_side([
+        (f"Original ({run['label']}, completion {c + 1})", tokenview.token_view_html(original, run["texts"], mark=pos, legend=False)),
+        (label, tokenview.token_view_html(new["completions"][0]["steps"], new["texts"], mark=pos if mark_new else None,
+                                          legend=False)),
+    ], note=note)
 
 
 # --- branch, compare, replay ---------------------------------------------------------------------------
@@ -453,14 +460,11 @@ def branch(host: ModelHost, stops: Stops, runs: list[dict], view: Any, completio
         except (ParamError, IndexError, Refused) as e:
             yield {"branch_view": f"<p class='note'>Cannot branch: {e}</p>"}
             return
-        original = run["completions"][c]["steps"]
+        was = ui_records.token_label(run["texts"], run["completions"][c]["steps"][pos]["token_id"])
+        note = f"Both share the first {pos} tokens; at step {pos} (underlined) the branch takes your token instead of '{was}'."
 
         def picture(b: dict) -> str:
-            return tokenview.side_by_side([
-                (f"Original ({run['label']}, completion {c + 1})", tokenview.token_view_html(original, run["texts"], mark=pos, legend=False)),
-                (label, tokenview.token_view_html(b["completions"][0]["steps"], b["texts"], legend=False)),
-            ], note=f"Both share the first {pos} tokens; at step {pos} (underlined) the branch takes your token "
-                    f"instead of '{ui_records.token_label(run['texts'], original[pos]['token_id'])}'.")
+            return _beside_original(run, c, pos, label, b, note, mark_new=False)
 
         if ticket is not None:
             for new in ui_runs.advance(lm, ticket, new, prefix_text=prefix_text):
@@ -560,22 +564,27 @@ def replay(host: ModelHost, stops: Stops, runs: list[dict], view: Any, completio
 
 
 def sweep(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], knob: str, start: float, end: float,
-          count: Any, samples: Any, tokens: Any, session: str) -> Iterator[Out]:
-    """Generate `samples` texts per value of `knob` over [start, end], all in the model's shared batch with
-    one seed (so values differ by the knob alone), and plot the metrics of playground/sweeps.py."""
+          count: Any, samples: Any, tokens: Any, session: str, knob2: str | None = None, start2: float = 0.0,
+          end2: float = 1.0, count2: Any = 3) -> Iterator[Out]:
+    """Generate `samples` texts per value of `knob` over [start, end] (and per value of `knob2` over
+    [start2, end2], for a heatmap), all in the model's shared batch with one seed, so points differ by the
+    knobs alone; plot the metrics of playground/sweeps.py."""
     if isinstance(tokens, float) and tokens.is_integer():
         tokens = int(tokens)
+    knob2 = None if knob2 in (None, "", "none") else knob2
     try:
         lm = host.get(ui.model)
-        values = sweeps.sweep_values(knob, float(start), float(end), count)
         k = sweeps.check_samples(samples)
+        values = sweeps.sweep_values(knob, float(start), float(end), count)
+        values2 = sweeps.sweep_values(knob2, float(start2), float(end2), count2) if knob2 else None
+        points = sweeps.grid(knob, values, knob2, values2, k)
         base = collect({**ui.knobs, "max_tokens": tokens, "n": 1}, _encoder(lm))
         messages, prompt_ids, extras = _prompt(ui, runs)
         seed = base.seed if base.seed is not None else secrets.randbits(63)
         jobs = []
-        for v in values:
-            params = SamplingParams.build(**{**base.to_dict(), knob: v, "n": k, "seed": seed})
-            jobs.append(ui_runs.start(lm, messages, params, f"{knob} = {v}", extras, None, prompt_ids))
+        for point in points:
+            params = SamplingParams.build(**{**base.to_dict(), **point, "n": k, "seed": seed})
+            jobs.append(ui_runs.start(lm, messages, params, sweeps.label(point), extras, None, prompt_ids))
     except ParamError as e:
         yield {"sweep_status": f"<p class='note'>{describe_error(e).replace('**', '')}</p>"}
         return
@@ -592,24 +601,24 @@ def sweep(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], knob: str
         try:
             for made in ui_runs.run_many(lm, host.scheduler(lm.name), jobs):
                 done = sum(1 for _, r in jobs for c in r["completions"] if c["finish_reason"])
-                yield {"sweep_status": tokenview.progress_html(made, total, f"{done} of {len(values) * k} samples done "
+                yield {"sweep_status": tokenview.progress_html(made, total, f"{done} of {len(jobs) * k} samples done "
                                                                             f"({made} tokens)")}
         except Refused as e:
             yield {"sweep_status": f"<p class='note'>{e.message}</p>"}
             return
     eos = lm.eos_ids
-    points = [{"value": v, "samples": k, "metrics": sweeps.metrics(r["completions"], eos),
-               "texts": [c["text"] for c in r["completions"]]} for v, (_, r) in zip(values, jobs)]
+    result = [{"settings": point, "samples": k, "metrics": sweeps.metrics(r["completions"], eos),
+               "texts": [c["text"] for c in r["completions"]]} for point, (_, r) in zip(points, jobs)]
     stopped = any(c["finish_reason"] == "cancelled" for _, r in jobs for c in r["completions"])
-    result = {"knob": knob, "seed": seed, "points": points}
-    path = _write(f"sweep-{knob}.csv", sweeps.table(knob, points))
+    shape = f"{len(values)} values" if not knob2 else f"{len(values)} × {len(values2)} values"
+    name = f"sweep-{knob}" + (f"-{knob2}" if knob2 else "") + ".csv"
     yield {
-        "sweep_status": tokenview.progress_html(1, 1, f"{'Stopped: ' if stopped else ''}{len(values)} values × {k} samples, seed {seed}."),
-        "sweep_plot": figures.sweep_figure(knob, points),
-        "sweep_pick": gr.update(choices=[(str(p["value"]), i) for i, p in enumerate(points)], value=None),
+        "sweep_status": tokenview.progress_html(1, 1, f"{'Stopped: ' if stopped else ''}{shape} × {k} samples, seed {seed}."),
+        "sweep_plot": figures.sweep_figure(result),
+        "sweep_pick": gr.update(choices=[(sweeps.label(p["settings"]), i) for i, p in enumerate(result)], value=None),
         "sweep_texts": "",
-        "sweep_state": result,
-        "sweep_csv": path,
+        "sweep_state": {"seed": seed, "points": result},
+        "sweep_csv": _write(name, sweeps.table(result)),
     }
 
 
@@ -617,8 +626,8 @@ def pick_sweep_point(result: dict | None, index: Any) -> Out:
     if not result or index is None:
         return {}
     i = int(index)
-    return {"sweep_texts": tokenview.samples_html(result["knob"], result["points"][i]),
-            "sweep_plot": figures.sweep_figure(result["knob"], result["points"], selected=i)}
+    return {"sweep_texts": tokenview.samples_html(result["points"][i]),
+            "sweep_plot": figures.sweep_figure(result["points"], selected=i)}
 
 
 # --- save, load ------------------------------------------------------------------------------------------

@@ -55,15 +55,24 @@ def start(
 
 def _new_run(lm: LoadedModel, gen: Generation, label: str, messages: list[dict], params: SamplingParams) -> Run:
     texts = {int(k): lm.token_text(int(k)) for k, _ in params.logit_bias}
+    run = blank_run(label, lm.name, messages, list(gen.prompt_ids), {**params.to_dict(), "seed": gen.seed}, list(gen.stages),
+                    params.n)
+    run["texts"] = texts
+    return run
+
+
+def blank_run(label: str, model: str, messages: list[dict], prompt_ids: list[int], params: dict[str, Any],
+              stages: list[str], n: int) -> Run:
+    """A run with n empty completions and no request extras (see the module docstring)."""
     return {
         "label": label,
-        "model": lm.name,
+        "model": model,
         "messages": messages,
-        "prompt_ids": list(gen.prompt_ids),
-        "params": {**params.to_dict(), "seed": gen.seed},
-        "stages": list(gen.stages),
-        "completions": [{"steps": [], "text": "", "finish_reason": None, "message": None} for _ in range(params.n)],
-        "texts": texts,
+        "prompt_ids": prompt_ids,
+        "params": params,
+        "stages": stages,
+        "completions": [{"steps": [], "text": "", "finish_reason": None, "message": None} for _ in range(n)],
+        "texts": {},
         "branch_of": None,
         "first_index": 0,
         "waiting": None,

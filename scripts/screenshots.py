@@ -1,7 +1,7 @@
 """Take the README's screenshots from the real running app: python scripts/screenshots.py
 
 Starts the app on a free loopback port, drives Debian's chromium through a typical session (settings,
-generate, inspect a step, branch, compare) and writes PNGs into assets/.
+generate, inspect a step, compare, a live what-if, a sweep) and writes PNGs into assets/.
 """
 
 from __future__ import annotations
@@ -55,6 +55,27 @@ def main() -> None:
         page.mouse.move(0, 0)  # no tooltip over the picture
         page.wait_for_timeout(300)
         page.locator("#compare-view").screenshot(path=str(ASSETS / "compare.png"))
+        # Live what-if: the selected step under a hotter temperature, with the same random number.
+        page.get_by_role("tab", name="What if").click()
+        page.wait_for_function("document.querySelector('#whatif-note').innerText.includes(\"the run's own settings\")",
+                               timeout=180_000)
+        set_knob(page, "temperature", "1.6")
+        page.wait_for_function("document.querySelector('#whatif-note').innerText.includes('0.8 → 1.6')", timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.mouse.move(0, 0)
+        clip_between(page, "#tab-whatif", "#whatif-draw", ASSETS / "whatif.png")
+        set_knob(page, "temperature", "0.8")
+        # A sweep of temperature: 5 values x 4 samples.
+        page.get_by_role("tab", name="Sweep").click()
+        for elem, value in {"sweep-count": "5", "sweep-samples": "4", "sweep-tokens": "24"}.items():
+            page.locator(f"#{elem} input[type=number]").fill(value)
+        page.click("#sweep")
+        page.wait_for_selector("#sweep-plot .js-plotly-plot", timeout=600_000)
+        page.locator("#sweep-plot .js-plotly-plot .scatterlayer .trace").first.locator(".point").nth(4).click(force=True)
+        page.wait_for_selector("#sweep-texts li", timeout=60_000)
+        page.mouse.move(0, 0)
+        page.wait_for_timeout(800)
+        clip_between(page, "#sweep-status", "#sweep-texts", ASSETS / "sweep.png")
         browser.close()
     print("wrote", ", ".join(sorted(p.name for p in ASSETS.glob("*.png"))))
 

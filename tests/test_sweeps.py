@@ -66,17 +66,39 @@ def test_end_of_text_tokens_are_not_words_of_the_text():
     assert m["distinct_1"] == pytest.approx(2 / 4) and m["length"] == 3
 
 
+def point(**settings) -> dict:
+    return {"settings": settings, "samples": 2, "metrics": sweeps.metrics([completion(1, 2, 3)])}
+
+
 def test_the_csv_has_one_row_per_value_and_a_column_per_metric():
-    points = [{"value": v, "samples": 2, "metrics": sweeps.metrics([completion(1, 2, 3)])} for v in (0.5, 1.0)]
-    lines = sweeps.table("temperature", points).splitlines()
+    points = [point(temperature=v) for v in (0.5, 1.0)]
+    lines = sweeps.table(points).splitlines()
     assert lines[0] == "temperature,samples,entropy,perplexity,distinct_1,distinct_2,repetition,length"
     assert lines[1].startswith("0.5,2,0.5,2.71828,1,1,0,3")
     assert len(lines) == 3
 
 
 def test_the_sweep_figure_has_a_chart_per_metric_with_a_point_per_value():
-    points = [{"value": v, "samples": 2, "metrics": sweeps.metrics([completion(1, 2, 3)])} for v in (0.5, 1.0, 1.5)]
-    fig = figures.sweep_figure("temperature", points, selected=1)
+    points = [point(temperature=v) for v in (0.5, 1.0, 1.5)]
+    fig = figures.sweep_figure(points, selected=1)
     assert len(fig.data) == len(sweeps.METRICS)
     assert all(list(t.x) == [0.5, 1.0, 1.5] for t in fig.data)
     assert fig.data[0].marker.color[1] == figures.CHOSEN
+
+
+def test_two_knobs_make_a_grid_of_every_pair_and_a_heatmap_per_metric():
+    cells = sweeps.grid("temperature", [0.5, 1.0], "top_p", [0.5, 0.9, 1.0], samples=2)
+    assert cells[:2] == [{"temperature": 0.5, "top_p": 0.5}, {"temperature": 0.5, "top_p": 0.9}] and len(cells) == 6
+    fig = figures.sweep_figure([point(**c) for c in cells], selected=4)
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heatmaps) == len(sweeps.METRICS)
+    assert [len(row) for row in heatmaps[0].z] == [2, 2, 2]  # rows: top_p values; columns: temperature values
+    assert heatmaps[0].customdata[1][1] == 4  # the cell (temperature 1.0, top_p 0.9) is point 4
+    assert sweeps.table([point(**c) for c in cells]).splitlines()[0].startswith("temperature,top_p,samples")
+
+
+def test_a_grid_refuses_the_same_knob_twice_and_a_sweep_too_large():
+    with pytest.raises(ParamError, match="must differ"):
+        sweeps.grid("temperature", [0.5], "temperature", [1.0])
+    with pytest.raises(ParamError, match=r"16 x 16 x 4 = 1024 completions; a sweep makes at most 512"):
+        sweeps.grid("temperature", list(range(16)), "top_k", list(range(16)), samples=4)

@@ -117,7 +117,7 @@ def test_continue_here_adds_a_run_that_shares_the_earlier_tokens(lm, host, runs)
 def test_a_sweep_makes_a_point_per_value_a_plot_and_a_csv(lm, host, runs):
     out = last(ui_events.sweep(host, Stops(), settings(lm), runs, "temperature", 0.0, 1.0, 3, 2, 4, "s"))
     result = out["sweep_state"]
-    assert [p["value"] for p in result["points"]] == [0.0, 0.5, 1.0]
+    assert [p["settings"] for p in result["points"]] == [{"temperature": v} for v in (0.0, 0.5, 1.0)]
     assert all(len(p["texts"]) == 2 for p in result["points"])
     assert len(out["sweep_plot"].data) == 6
     rows = list(csv.reader(Path(out["sweep_csv"]).read_text().splitlines()))
@@ -126,6 +126,18 @@ def test_a_sweep_makes_a_point_per_value_a_plot_and_a_csv(lm, host, runs):
     assert len(set(result["points"][0]["texts"])) == 1
     picked = ui_events.pick_sweep_point(result, 2)
     assert "temperature = 1.0" in picked["sweep_texts"]
+
+
+def test_a_two_knob_sweep_fills_a_heatmap(lm, host, runs):
+    out = last(ui_events.sweep(host, Stops(), settings(lm), runs, "temperature", 0.5, 1.0, 2, 1, 3, "s",
+                               knob2="top_k", start2=1, end2=5, count2=2))
+    assert [p["settings"] for p in out["sweep_state"]["points"]] == [
+        {"temperature": 0.5, "top_k": 1}, {"temperature": 0.5, "top_k": 5}, {"temperature": 1.0, "top_k": 1},
+        {"temperature": 1.0, "top_k": 5}]
+    assert {t.type for t in out["sweep_plot"].data} == {"heatmap"}
+    # top_k 1 is greedy whatever the temperature
+    texts = {tuple(p["texts"]) for p in out["sweep_state"]["points"] if p["settings"]["top_k"] == 1}
+    assert len(texts) == 1
 
 
 def test_a_sweep_outside_the_knobs_range_says_so(lm, host, runs):

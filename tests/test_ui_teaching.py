@@ -17,9 +17,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.server]
 def page(server):
     """A page that has generated one short run (seed 5, 8 tokens, a repetition penalty on)."""
     with open_page(server.url) as page:
-        fill(page, "message", "Name a colour.")
-        fill(page, "knob-max_tokens", "8")
-        fill(page, "knob-seed", "5")
+        for knob, value in {"message": "Name a colour.", "knob-max_tokens": "8", "knob-seed": "5"}.items():
+            fill(page, knob, value)
         set_slider(page, "repetition_penalty", "1.3")
         page.click("#generate")
         page.wait_for_selector("#completions .comp-head:has-text('8 tokens')", timeout=GENERATION_TIMEOUT_MS)
@@ -73,11 +72,8 @@ def test_moving_temperature_re_renders_the_selected_step_without_a_generation(pa
 
 def test_a_sweep_of_three_values_plots_each_metric_and_shows_a_values_texts(page):
     page.get_by_role("tab", name="Sweep").click()
-    fill_number(page, "sweep-from", "0.2")
-    fill_number(page, "sweep-to", "1.4")
-    fill_number(page, "sweep-count", "3")
-    fill_number(page, "sweep-samples", "2")
-    fill_number(page, "sweep-tokens", "6")
+    for elem, value in {"sweep-from": "0.2", "sweep-to": "1.4", "sweep-count": "3", "sweep-samples": "2", "sweep-tokens": "6"}.items():
+        fill_number(page, elem, value)
     page.click("#sweep")
     page.wait_for_selector("#sweep-plot .js-plotly-plot", timeout=GENERATION_TIMEOUT_MS)
     assert "3 values × 2 samples" in page.inner_text("#sweep-status")
