@@ -175,20 +175,27 @@ def draw_figure(step: Step, texts: dict[int, str], max_tokens: int = 15) -> go.F
     the height where the uniform landed, so it crosses the chosen token's band.
     """
     final = step["stages"][-1]["probs"]
-    order = sorted((j for j in range(len(final)) if final[j] > 0), key=lambda j: -final[j])[:max_tokens]
-    ids = [step["candidates"][j] for j in order]
-    labels = _unique_labels(ids, texts)
-    base, bases = 0.0, []
+    ranked = sorted((j for j in range(len(final)) if final[j] > 0), key=lambda j: -final[j])
+    chosen = step["candidates"].index(step["token_id"]) if step["token_id"] in step["candidates"] else None
+    order: list[int | str] = ranked[:max_tokens]
+    if chosen in ranked and chosen not in order:
+        # The draw landed far down: the top tokens, the ones between as one band, then the chosen one.
+        k = ranked.index(chosen)
+        order = [*ranked[: max_tokens - 2], f"({k - max_tokens + 2} more)", chosen]
+        between = sum(final[j] for j in ranked[max_tokens - 2 : k])
+    ids = [step["candidates"][j] for j in order if isinstance(j, int)]
+    names = iter(_unique_labels(ids, texts))
+    labels, heights, colours = [], [], []
     for j in order:
-        bases.append(base)
-        base += final[j]
-    colours = [CHOSEN if i == step["token_id"] else KEPT for i in ids]
+        labels.append(next(names) if isinstance(j, int) else j)
+        heights.append(final[j] if isinstance(j, int) else between)
+        colours.append(CHOSEN if j == chosen else KEPT if isinstance(j, int) else REMOVED)
+    base = sum(heights)
     if base < 0.999:  # the tail beyond the recorded candidates
         labels.append("(all others)")
-        bases.append(base)
-        order.append(None)
+        heights.append(1.0 - base)
         colours.append(REMOVED)
-    heights = [final[j] if j is not None else 1.0 - base for j in order]
+    bases = [sum(heights[:i]) for i in range(len(heights))]
     fig = go.Figure(go.Bar(x=labels, y=heights, base=bases, marker_color=colours,
                            hovertext=[f"p = {h:.4f}, cumulative {b + h:.3f}" for h, b in zip(heights, bases)],
                            hoverinfo="x+text"))

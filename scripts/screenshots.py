@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.serving import start_server  # noqa: E402
-from tests.test_ui_browser import ARGS, CHROMIUM  # noqa: E402
+from tests.browser import ARGS, CHROMIUM  # noqa: E402
 
 ASSETS = ROOT / "assets"
 SETTINGS = {"temperature": "0.8", "top_k": "40", "top_p": "0.9", "min_p": "0.05", "max_tokens": "40", "seed": "4"}
@@ -63,7 +63,7 @@ def main() -> None:
         page.wait_for_function("document.querySelector('#whatif-note').innerText.includes('0.8 → 1.6')", timeout=60_000)
         page.wait_for_timeout(1500)
         page.mouse.move(0, 0)
-        clip_between(page, "#tab-whatif", "#whatif-draw", ASSETS / "whatif.png")
+        clip_between(page, "#live", "#whatif-draw", ASSETS / "whatif.png")
         set_knob(page, "temperature", "0.8")
         # A sweep of temperature: 5 values x 4 samples.
         page.get_by_role("tab", name="Sweep").click()
@@ -82,6 +82,8 @@ def main() -> None:
 
 def clip_between(page, top_selector: str, bottom_selector: str, path: Path) -> None:
     """A screenshot from the top of one element to the bottom of another, across the main column."""
+    page.evaluate("window.scrollTo(0, 0)")  # bounding boxes are viewport coordinates; the clip is the page's
+    page.wait_for_timeout(200)
     top = page.locator(top_selector).bounding_box()
     bottom = page.locator(bottom_selector).bounding_box()
     page.screenshot(path=str(path), full_page=True, clip={

@@ -182,6 +182,17 @@ def test_draw_figure_stacks_the_final_distribution_and_draws_the_landing_line():
     assert bars.base[1] <= line.y0 <= bars.base[1] + bars.y[1]
 
 
+def test_draw_figure_shows_the_chosen_token_even_far_down_the_distribution():
+    # 30 tokens of equal probability: u = 0.7 lands on the 22nd, past the 15 bands drawn one by one.
+    texts = {i: f"t{i}" for i in range(30)}
+    step, _ = recorded_step(probs=[1 / 30] * 30, u=0.7, texts=texts)
+    bars = figures.draw_figure(step, texts).data[0]
+    assert list(bars.x)[13:] == ["(8 more)", texts[step["token_id"]], "(all others)"]
+    assert list(bars.marker.color)[13:] == [figures.REMOVED, figures.CHOSEN, figures.REMOVED]
+    assert bars.base[14] <= 0.7 <= bars.base[14] + bars.y[14]  # the line still crosses the chosen band
+    assert bars.base[15] + bars.y[15] == pytest.approx(1.0)
+
+
 def test_draw_figure_says_greedy_has_no_draw():
     step, _ = recorded_step(temperature=0.0)
     fig = figures.draw_figure(step, TEXTS)
