@@ -19,6 +19,7 @@ from playground.ui_runs import blank_run
 FORMAT = "sampling-playground/run"
 VERSION = 1
 MAX_BYTES = 50 * 2**20  # a 128-completion run of 256 tokens is about 30 MB
+REQUEST_EXTRAS = ("tools", "tool_choice", "response_format", "reasoning_effort")  # what ChatRequest.build takes
 _RUN_FIELDS = ("label", "model", "messages", "prompt_ids", "params", "stages", "completions", "texts")
 
 
@@ -85,8 +86,12 @@ def _response(resp: dict[str, Any], request: dict[str, Any] | None) -> tuple[dic
         texts.update(_texts(trace.get("tokens", {})))
         steps = [dict(s) for s in trace.get("steps", [])]
         message = c.get("message") or {}
+        # The UI's shape of an assistant message (ui_runs: engine.chat.assistant_message).
+        shown = {"role": "assistant", "content": message.get("content") or "",
+                 "reasoning_content": message.get("reasoning_content"), "tool_calls": message.get("tool_calls") or [],
+                 "finish_reason": c.get("finish_reason")}
         completions.append({"steps": steps, "text": message.get("content") or "", "finish_reason": c.get("finish_reason"),
-                            "message": message or None})
+                            "message": shown})
     _check_completions(completions, len(stages))
     for c in completions:
         for s in c["steps"]:
@@ -96,11 +101,14 @@ def _response(resp: dict[str, Any], request: dict[str, Any] | None) -> tuple[dic
     params = _params({**knobs, "sampler_order": order, "seed": resp.get("seed"), "n": len(completions)})
     run = blank_run(f"API {resp.get('id', 'response')}", resp.get("model", "unknown"), (request or {}).get("messages", []),
                     [], params, stages, len(completions))
-    run.update(completions=completions, texts=texts)
+    run.update(completions=completions, texts=texts,
+               extras={k: request[k] for k in REQUEST_EXTRAS if request and request.get(k) is not None})
     note = (f"Loaded an API response from {run['model']} ({len(completions)} choice{'s' if len(completions) > 1 else ''}).")
     if request is None:
         note += (" It carries no request, so the settings shown are the defaults with its seed and sampler order; "
                  "what-if, branch and replay need the prompt, which it does not hold.")
+    else:
+        note += " With its request: the settings and messages are the request's."
     return run, note
 
 

@@ -103,7 +103,9 @@ def _handler(fn: Callable, names: list[str], outputs: dict[str, Component]) -> C
             got["link"] = dict(request.query_params) if request is not None else {}
         return got
 
-    def named(out: dict[str, Any]) -> dict[Component, Any]:
+    def named(out: dict[str, Any]) -> dict[Component, Any] | None:
+        if not outputs:
+            return None  # an event with no outputs (Stop) returns nothing
         # Gradio reads an empty dict as one value, not "no updates": skip every output instead.
         return {outputs[k]: v for k, v in out.items() if k in outputs} or {c: gr.skip() for c in outputs.values()}
 
@@ -389,7 +391,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))
     _on(b["save"].click, ui_events.save_run, pick("runs", "view"), pick("run_file", "file_note"))
-    loaded = _on(b["load_file"].upload, ui_events.load_run, {"path": b["load_file"]},
+    loaded = _on(b["load_file"].upload, functools.partial(ui_events.load_run, host=host), {"path": b["load_file"]},
                  pick(*UI_KNOBS, "file_note", "runs", "view", "completion", "step", "completions", "message", "system"))
     _then(loaded, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
 

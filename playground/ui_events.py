@@ -610,7 +610,7 @@ def sweep(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], knob: str
     result = [{"settings": point, "samples": k, "metrics": sweeps.metrics(r["completions"], eos),
                "texts": [c["text"] for c in r["completions"]]} for point, (_, r) in zip(points, jobs)]
     stopped = any(c["finish_reason"] == "cancelled" for _, r in jobs for c in r["completions"])
-    shape = f"{len(values)} values" if not knob2 else f"{len(values)} × {len(values2)} values"
+    shape = f"{len(values)} values" if not knob2 else f"{len(values)} × {len(values2)} values of {knob} × {knob2}"
     name = f"sweep-{knob}" + (f"-{knob2}" if knob2 else "") + ".csv"
     yield {
         "sweep_status": tokenview.progress_html(1, 1, f"{'Stopped: ' if stopped else ''}{shape} × {k} samples, seed {seed}."),
@@ -648,7 +648,7 @@ def save_run(runs: list[dict], view: Any) -> Out:
     return {"run_file": _write(f"{slug}.json", runfile.dumps(run)), "file_note": f"Saved '{run['label']}' with its whole trace."}
 
 
-def load_run(path: Any) -> Out:
+def load_run(host: ModelHost, path: Any) -> Out:
     if not path:
         return {}
     try:
@@ -656,6 +656,11 @@ def load_run(path: Any) -> Out:
         run, note = runfile.loads(data)
     except (OSError, ValueError) as e:
         return {"file_note": f"⚠️ Could not load that file: {e}"}
+    if run["model"] in host.names():
+        try:
+            run = ui_runs.with_prompt(host.get(run["model"]), run)
+        except ParamError as e:  # the request's messages or tools do not fit this model's template
+            note += f" Its prompt could not be rebuilt ({e.message}): what-if, branch and replay are off for it."
     steps = run["completions"][0]["steps"]
     last_user = next((m.get("content") or "" for m in reversed(run["messages"]) if m.get("role") == "user"), "")
     system = next((m.get("content") or "" for m in run["messages"] if m.get("role") == "system"), "")

@@ -83,6 +83,16 @@ def blank_run(label: str, model: str, messages: list[dict], prompt_ids: list[int
     }
 
 
+def with_prompt(lm: LoadedModel, run: Run) -> Run:
+    """A loaded run that has its messages but not their templated ids (an API response saved with its
+    request) gets them from the model's chat template, as the API made them, so what-if, branch and
+    replay work on it. Unchanged when it already has them, has no messages, or its model is another."""
+    if run.get("prompt_ids") or not run.get("messages") or run.get("model") != lm.name:
+        return run
+    params = SamplingParams.build(**{**run["params"], "n": 1})
+    return {**run, "prompt_ids": list(ChatRequest.build(lm, run["messages"], params, **run.get("extras", {})).prompt_ids)}
+
+
 def step_dict(lm: LoadedModel, step: Step, stages: tuple[str, ...], texts: dict[int, str]) -> dict[str, Any]:
     """The step as UI state; records the text of every token it mentions into `texts`."""
     d = step.to_dict(stages)

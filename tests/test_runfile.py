@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from engine.knobs import SamplingParams
+from engine.scheduler import Scheduler
 from playground import figures, runfile, tokenview, ui_runs
 
 MESSAGES = [{"role": "user", "content": "Name a bird."}]
@@ -23,7 +24,8 @@ def run(lm):
 
 
 def charts(run: dict) -> None:
-    """Every picture the UI draws for a step, built from the run alone."""
+    """Every picture the UI draws for a run and its steps, built from the run alone."""
+    tokenview.completions_html(run["completions"])
     for c in run["completions"]:
         steps = c["steps"]
         tokenview.token_view_html(steps, run["texts"])
@@ -53,7 +55,7 @@ def test_the_file_holds_model_messages_every_knob_seed_and_trace(run):
 
 @pytest.mark.server
 @pytest.mark.model
-def test_an_api_response_with_trace_loads_and_draws(server):
+def test_an_api_response_with_trace_loads_and_draws(server, lm):
     model = httpx.get(server.api + "/models", timeout=30).json()["data"][0]["id"]
     body = {"model": model, "messages": MESSAGES, "max_tokens": 5, "seed": 3, "n": 2, "temperature": 0.8,
             "trace": True}
@@ -68,6 +70,17 @@ def test_an_api_response_with_trace_loads_and_draws(server):
     # With the request beside it, the settings are the request's.
     with_request, _ = runfile.loads(json.dumps({"request": body, "response": response}))
     assert with_request["params"]["temperature"] == 0.8 and with_request["messages"] == MESSAGES
+    # ... and its prompt is rebuilt as the API built it, so a what-if on its steps is exact.
+    with_request = ui_runs.with_prompt(lm, with_request)
+    scheduler = Scheduler(lm)
+    try:
+        recorded = with_request["completions"][1]["steps"][2]
+        snap = ui_runs.snapshot(lm, scheduler, with_request, 1, 2)
+        again = ui_runs.what_if(lm, scheduler, snap, with_request, 1, 2, SamplingParams.build(**with_request["params"]))["step"]
+    finally:
+        scheduler.close()
+    assert again["token_id"] == recorded["token_id"] and again["draw"] == recorded["draw"]
+    assert again["stages"][-1]["probs"] == pytest.approx(recorded["stages"][-1]["probs"], abs=1e-5)
 
 
 @pytest.mark.parametrize("text, message", [

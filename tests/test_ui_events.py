@@ -145,12 +145,12 @@ def test_a_sweep_outside_the_knobs_range_says_so(lm, host, runs):
     assert "top_p must be in (0, 1]" in out["sweep_status"]
 
 
-def test_a_saved_run_loads_back_with_its_settings(runs):
+def test_a_saved_run_loads_back_with_its_settings(host, runs):
     saved = ui_events.save_run(runs, 0)
-    loaded = ui_events.load_run(saved["run_file"])
+    loaded = ui_events.load_run(host, saved["run_file"])
     assert loaded["runs"][0]["completions"] == runs[0]["completions"]
     assert loaded["repetition_penalty"] == 1.2 and loaded["seed"] == "3" and loaded["message"] == "Name a river."
-    assert "Could not load" in ui_events.load_run(__file__)["file_note"]
+    assert "Could not load" in ui_events.load_run(host, __file__)["file_note"]
 
 
 def test_a_link_restores_settings_and_names_what_it_could_not(lm, host):
