@@ -249,7 +249,7 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
         return
     with stops.run(session) as stop:
         try:
-            gen, run = ui_runs.start(lm, ui.conversation(), params, "Generated", extras, cancel=stop.is_set)
+            gen, run = ui_runs.start(lm, ui.conversation(), params, "Generated", extras, cancel=stop.is_set, capture=True)
             ticket = ui_runs.submit(host.scheduler(lm.name), gen)
         except ParamError as e:
             yield {"run_error": describe_error(e)}
@@ -484,8 +484,9 @@ def compare(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], overrid
             params_a = params_a.with_(n=1, seed=seed)
             params_b = SamplingParams.build(**{**params_a.to_dict(), **changes})
             k = sum(1 for r in runs if r["label"].startswith("Compare")) // 2 + 1
-            gen_a, run_a = ui_runs.start(lm, messages, params_a, f"Compare {k} A", extras, flag.is_set, prompt_ids)
-            gen_b, run_b = ui_runs.start(lm, messages, params_b, f"Compare {k} B", extras, flag.is_set, run_a["prompt_ids"])
+            gen_a, run_a = ui_runs.start(lm, messages, params_a, f"Compare {k} A", extras, flag.is_set, prompt_ids, capture=True)
+            gen_b, run_b = ui_runs.start(lm, messages, params_b, f"Compare {k} B", extras, flag.is_set, run_a["prompt_ids"],
+                                         capture=True)
             # Both at once: they share the model's batch, and B's steps wait in its ticket while A is shown.
             scheduler = host.scheduler(lm.name)
             ticket_a = ui_runs.submit(scheduler, gen_a)

@@ -37,17 +37,19 @@ def start(
     extras: dict[str, Any] | None = None,
     cancel: Callable[[], bool] | None = None,
     prompt_ids: list[int] | None = None,
+    capture: bool = False,
 ) -> tuple[Generation, Run]:
     """A Generation for the conversation and its empty run. Raises ParamError before anything runs.
 
     extras: tools, tool_choice, response_format, reasoning_effort (engine.chat.ChatRequest renders the
     tools, picks the grammar and the thinking budget). prompt_ids: the already templated prompt
-    (Compare reuses a run's exact prompt)."""
+    (Compare reuses a run's exact prompt). capture: keep completion 1's raw logits at every step for the
+    what-if (advance moves them into SNAPSHOTS), so no step of it needs a replay."""
     extras = dict(extras or {})
     chat = ChatRequest.build(lm, messages, params, **extras)
     if prompt_ids is not None:
         chat.prompt_ids = list(prompt_ids)
-    gen = chat.generation(cancel=cancel)
+    gen = chat.generation(cancel=cancel, capture=capture)
     run = _new_run(lm, gen, label, messages, params)
     run.update(extras=extras, functions=chat.functions, tool_choice=chat.tool_choice, thinking=chat.thinking is not None)
     return gen, run
@@ -116,13 +118,25 @@ def advance(lm: LoadedModel, source: Generation | Ticket, run: Run, every_s: flo
         for step in steps:
             run["completions"][step.index]["steps"].append(step_dict(lm, step, stages, run["texts"]))
         _sync(gen, run, prefix_text)
+        _keep_snapshots(lm, gen, run)
         now = time.monotonic()
         if now - last >= every_s:
             last = now
             yield run
     run["waiting"] = None
     _sync(gen, run, prefix_text)  # a cancel sets the finish reasons after the last step
+    _keep_snapshots(lm, gen, run)
     yield run
+
+
+def _keep_snapshots(lm: LoadedModel, gen: Generation, run: Run) -> None:
+    """Move what a capturing generation kept into the shared cache, as its steps arrive (so a long run
+    holds no more than the cache's bound)."""
+    if not gen.capture:
+        return
+    tokens = _tokens(run, 0)
+    for p in [p for p in list(gen.snapshots) if p <= len(tokens)]:
+        SNAPSHOTS.put(snapshot_key(lm.name, run["prompt_ids"], tokens[:p], run.get("extras")), gen.snapshots.pop(p))
 
 
 def submit(scheduler: Scheduler, gen: Generation) -> Ticket:
@@ -199,7 +213,10 @@ def branch(
     # The same request as the original (grammar, thinking budget), continued after the prefix.
     chat = ChatRequest.build(lm, run["messages"], params, **run.get("extras", {}))
     chat.prompt_ids = list(run["prompt_ids"])
-    gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"], memory=_memory_at(src[position]))
+    # The prefix goes in token by token, as the original made it: every logit of the branch is then the one
+    # the same tokens give in any run, so its what-if is exact too.
+    gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"], memory=_memory_at(src[position]),
+                          replay_prefix=True, capture=True)
     return gen, out, prefix_text
 
 
@@ -329,7 +346,7 @@ def continue_with(lm: LoadedModel, run: Run, completion: int, position: int, par
     chat = ChatRequest.build(lm, run["messages"], params, **run.get("extras", {}))
     chat.prompt_ids = list(run["prompt_ids"])
     gen = chat.generation(cancel=cancel, prefix_ids=prefix, first_index=out["first_index"], memory=_memory_at(src[position]),
-                          replay_prefix=True)
+                          replay_prefix=True, capture=True)
     out["stages"] = list(gen.stages)
     return gen, out, prefix_text
 

@@ -142,3 +142,31 @@ def test_the_ledger_reports_only_logits_a_penalty_moved():
                   prompt_ids=[0, 2], earlier=[2])
     assert [(r["id"], r["in_prompt"], r["in_output"]) for r in rows] == [(2, 1, 1), (0, 1, 0)]
     assert rows[0]["loss"] == {"repetition_penalty": 1.0, "presence_frequency": 0.5} and rows[1]["total"] == 1.0
+
+
+def test_a_capturing_run_caches_every_step_and_a_replay_gives_the_same_logits_bit_for_bit(lm, scheduler, monkeypatch):
+    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(**{**KNOBS, "seed": 12}), "captured", capture=True)
+    for run in ui_runs.advance(lm, ui_runs.submit(scheduler, gen), run, every_s=0.0):
+        pass
+    steps = run["completions"][0]["steps"]
+    captured = [ui_runs.cached_snapshot(lm, run, 0, p) for p in range(len(steps))]
+    assert all(s is not None for s in captured) and not gen.snapshots  # all moved into the shared cache
+    monkeypatch.setattr(ui_runs, "SNAPSHOTS", Snapshots())  # forget them: the next one must be replayed
+    last = len(steps) - 1
+    replayed = ui_runs.snapshot(lm, scheduler, run, 0, last)
+    assert torch.equal(replayed.logits, captured[last].logits)
+
+
+def test_a_branch_is_fed_token_by_token_so_its_steps_what_if_exactly(lm, scheduler, run):
+    src = run["completions"][0]["steps"]
+    alt = next(t["id"] for t in src[3]["top"] if t["id"] != src[3]["token_id"])
+    gen, branch, before = ui_runs.branch(lm, run, 0, 3, alt, "b")
+    for branch in ui_runs.advance(lm, ui_runs.submit(scheduler, gen), branch, every_s=0.0, prefix_text=before):
+        pass
+    pos = 5  # a step the branch drew after the forced token
+    recorded = branch["completions"][0]["steps"][pos]
+    snap = ui_runs.cached_snapshot(lm, branch, 0, pos)
+    assert snap is not None
+    got = ui_runs.what_if(lm, scheduler, snap, branch, 0, pos, SamplingParams.build(**branch["params"]))["step"]
+    assert got["token_id"] == recorded["token_id"] and got["draw"] == recorded["draw"]
+    assert got["stages"][-1]["probs"] == pytest.approx(recorded["stages"][-1]["probs"], abs=1e-5)
