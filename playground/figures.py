@@ -260,7 +260,7 @@ def sweep_figure(points: list[dict[str, Any]], selected: int | None = None) -> g
         fig.update_yaxes(title=knobs[1], title_font={"size": 11})
         about = f"{knobs[0]} × {knobs[1]}"
     samples = points[0]["samples"] if points else 0
-    fig = _layout(fig, 520, f"Sweep of {about}: {samples} samples per point (click a point for its texts)")
+    fig = _layout(fig, 520, f"Sweep of {about}: {samples} sample{'s' * (samples != 1)} per point (click a point for its texts)")
     fig.update_layout(hovermode="closest")
     return fig
 

@@ -614,7 +614,7 @@ def sweep(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], knob: str
     shape = f"{len(values)} values" if not knob2 else f"{len(values)} × {len(values2)} values of {knob} × {knob2}"
     name = f"sweep-{knob}" + (f"-{knob2}" if knob2 else "") + ".csv"
     yield {
-        "sweep_status": tokenview.progress_html(1, 1, f"{'Stopped: ' if stopped else ''}{shape} × {k} samples, seed {seed}."),
+        "sweep_status": tokenview.progress_html(1, 1, f"{'Stopped: ' if stopped else ''}{shape} × {k} sample{'s' * (k != 1)}, seed {seed}."),
         "sweep_plot": figures.sweep_figure(result),
         "sweep_pick": gr.update(choices=[(sweeps.label(p["settings"]), i) for i, p in enumerate(result)], value=None),
         "sweep_texts": "",
