@@ -131,6 +131,19 @@ def _then(event, fn: Callable, inputs: dict[str, Component], outputs: dict[str, 
     return event.then(_handler(fn, list(inputs), outputs), list(inputs.values()), list(outputs.values()), **kw)
 
 
+def _load_model(name: str, progress=gr.Progress(), *, host: ModelHost, outputs: list[Component]):
+    """Load Model, with Gradio's progress bar (which needs the Progress default in the signature it calls)."""
+    said = []
+
+    def say(message: str) -> None:
+        said.append(message)
+        progress((len(said), None), desc=message)
+
+    out = ui_events.load_model(host, name, say)
+    model, info = outputs
+    return {model: out["model"], info: out["model_info"]} if "model" in out else {info: out["model_info"]}
+
+
 def _pick_token(evt: gr.EventData):
     """A click on a token in the token view (TOKENVIEW_JS sends its step)."""
     return int(evt.step)
@@ -397,20 +410,12 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
 
     # ---- settings helpers ----
     _on(b["reset"].click, ui_events.reset, {}, pick(*UI_KNOBS, *ui_events.EXTRA_CONTROLS))
-    c["order_preset"].input(lambda p: ", ".join(ORDER_PRESETS[p]), c["order_preset"], c["sampler_order"])
+    _on(c["order_preset"].input, ui_events.pick_order, {"preset": c["order_preset"]}, pick("sampler_order"))
 
     # ---- models ----
-    def load(name, progress=gr.Progress()):
-        said = []
-
-        def say(message):
-            said.append(message)
-            progress((len(said), None), desc=message)
-
-        out = ui_events.load_model(host, name, say)
-        return {c[k]: v for k, v in out.items()}
-
     # Its own queue slot: a Hub load can take minutes (or retry for a while offline) without holding up generation.
-    b["load"].click(load, b["load_box"], [c["model"], c["model_info"]], concurrency_limit=1, concurrency_id="load")
+    outputs = [c["model"], c["model_info"]]
+    b["load"].click(functools.partial(_load_model, host=host, outputs=outputs), b["load_box"], outputs,
+                    concurrency_limit=1, concurrency_id="load")
     _on(c["model"].change, functools.partial(ui_events.pick_model, host=host), {"name": c["model"]},
         pick("model_info", "reasoning_effort"))

@@ -202,6 +202,10 @@ def reset() -> Out:
             "response_format": "text"}
 
 
+def pick_order(preset: str) -> Out:
+    return {"sampler_order": ", ".join(ORDER_PRESETS[preset])}
+
+
 def share_link(ui: Inputs, origin: str) -> Out:
     fields = {"model": ui.model, "system": ui.system, "message": ui.message}
     query = share.query(fields, ui.knobs)

@@ -133,3 +133,8 @@ def test_a_required_tool_call_is_shown_with_the_constraint_stage(page):
         "document.querySelector('#sentences').innerText.includes('the constraint (grammar or forced tokens) allowed 1 token')",
         timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "ui-tool-call.png"), full_page=True)
+
+
+def test_load_model_without_a_name_says_what_to_type(page):
+    page.click("text=Load model")
+    page.wait_for_selector("#model-info :text('Type a Hugging Face model id')", timeout=30_000)

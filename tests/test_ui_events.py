@@ -168,3 +168,11 @@ def test_a_share_link_carries_the_prompt_and_changed_knobs(lm):
 def test_the_ui_uses_no_private_gradio_attributes():
     for path in (ROOT / "playground").glob("*.py"):
         assert "._data" not in path.read_text(), path.name
+
+
+def test_loading_a_model_without_a_name_says_what_to_type(host):
+    assert "Type a Hugging Face model id" in ui_events.load_model(host, "  ")["model_info"]
+
+
+def test_an_order_preset_fills_the_sampler_order():
+    assert ui_events.pick_order("llama.cpp")["sampler_order"].startswith("logit_bias, ")
