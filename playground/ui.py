@@ -261,7 +261,11 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                                          "from its exact logits, with the same random number. No generation.")
                             continue_btn = gr.Button("Continue from here with these settings", scale=1, elem_id="continue")
                         c["whatif_note"] = gr.Markdown(elem_id="whatif-note")
-                        c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False)
+                        with gr.Row():
+                            with gr.Column(scale=3):
+                                c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False)
+                            with gr.Column(scale=2):
+                                c["whatif_sentences"] = gr.Markdown(elem_id="whatif-sentences")
                         c["whatif_draw"] = gr.Plot(elem_id="whatif-draw", show_label=False)
                         c["whatif_branch"] = gr.HTML(elem_id="whatif-branch")
                     with gr.Tab("Penalty ledger", elem_id="tab-ledger"):
@@ -358,7 +362,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
 
     # ---- generate: stream tokens, then keep the run; then draw it and its what-if ----
     whatif_in = {**settings, **selection, "live": c["live"]}
-    whatif_out = pick("whatif_note", "whatif_plot", "whatif_draw", "ledger")
+    whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
     gen_event = _on([b["generate"].click, c["message"].submit], bound(ui_events.generate), settings,
                     pick("run_error", "completions", "tokens", "chat", "runs", "history", "message", "view", "completion",
                          "step", "prompt"), **model_events)

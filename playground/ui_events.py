@@ -386,6 +386,7 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
     changes = [f"{k} {theirs.get(k)} → {v}" for k, v in mine.items() if theirs.get(k) != v and k not in ("n", "seed", "logprobs", "top_logprobs", "max_tokens", "stop")]
     yield {
         "whatif_note": f"**Step {pos}**: " + ui_records.explain_what_if(recorded, shown, texts, changes),
+        "whatif_sentences": "\n".join(f"- {line}" for line in figures.stage_sentences(shown, texts, out["params"])),
         "whatif_plot": figures.inspector_figure(shown, texts, out["params"]),
         "whatif_draw": figures.draw_figure(shown, texts),
         "ledger": tokenview.ledger_html(out["ledger"], [s["name"] for s in shown["stages"]]),

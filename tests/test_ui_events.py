@@ -91,6 +91,7 @@ def test_what_if_with_the_runs_settings_then_another_temperature(lm, host, runs)
     assert "the run's own settings" in first["whatif_note"]
     hot = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2, temperature=1.6), runs, 0, "1", 4, True, "s"))
     assert "Changed: temperature 1.0 → 1.6" in hot["whatif_note"]
+    assert "temperature 1.6 flattened" in hot["whatif_sentences"]  # a sentence per stage, as for recorded steps
     assert "repetition penalty" in hot["ledger"]
 
 

@@ -56,6 +56,7 @@ def test_moving_temperature_re_renders_the_selected_step_without_a_generation(pa
     note = whatif_note(page)
     assert "Step 3" in note and ("still picks" in note or "would pick" in note)
     assert "random number" in note or "greedy" in note
+    assert "temperature 1.7 flattened the distribution" in page.inner_text("#whatif-sentences")
     page.wait_for_function(
         "[...document.querySelectorAll('#whatif-plot text')].some(t => t.textContent.includes('after temperature 1.7'))",
         timeout=30_000)
