@@ -30,8 +30,9 @@ from engine.knobs import ParamError, SamplingParams
 from engine.model import LoadedModel
 from engine.reasoning import Thinking
 from engine.rows import RowState
+from engine.stages import dry_breakers
 from engine.trace import Step
-from engine.whatif import Snapshot, dry_breakers
+from engine.whatif import Snapshot
 
 
 class Generation:
@@ -58,8 +59,9 @@ class Generation:
         start from (a branch continues its original's mirostat mu). replay_prefix: feed the prefix through
         the model one token per step, exactly as the run that drew it did, instead of with the prompt, so
         the next step's logits are bit for bit the run's (a replay of a recorded step). capture: keep what
-        completion 0's sampler saw at each position of the replayed prefix and at its first drawn step
-        (`snapshots`, engine/whatif.py), for a live what-if on those steps."""
+        completion 0's sampler saw (its raw logits, and a grammar's mask) at every step it draws and, without
+        a grammar, at every position of a replayed prefix (`snapshots`: position -> Snapshot,
+        engine/whatif.py), for a live what-if on those steps; the caller takes them out as it goes."""
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
         self.prefix_ids = list(prefix_ids)

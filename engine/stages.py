@@ -313,10 +313,15 @@ def top_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     above = sorted_probs.double().cumsum(dim=-1) - sorted_probs.double()
     # A token survives while the mass above it is still short of p; the top token always does, and a
     # token of probability 0 never adds anything, so it never does.
-    keep_sorted = (above < p) & (sorted_probs > 0)
+    return _keep_in_order(logits, order, (above < p) & (sorted_probs > 0), off=p >= 1.0)
+
+
+def _keep_in_order(logits: torch.Tensor, order: torch.Tensor, keep_sorted: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """Truncate to the tokens `keep_sorted` marks in `order` (B, m), always keeping the first of each row
+    (at least one token survives); rows where `off` (B, 1) keep everything."""
     keep_sorted[:, 0] = True
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, keep_sorted)
-    return logits.masked_fill(~(keep | (p >= 1.0)), NEG_INF)
+    return logits.masked_fill(~(keep | off), NEG_INF)
 
 
 TOP_P = Stage(
@@ -348,7 +353,7 @@ MIN_P = Stage(
 
 
 def typical_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    """Locally typical sampling (Meier et al. 2022, "Locally Typical Sampling"), as llama.cpp's `typical`
+    """Locally typical sampling (Meister et al. 2022, "Locally Typical Sampling"), as llama.cpp's `typical`
     (src/llama-sampling.cpp) and Hugging Face's TypicalLogitsWarper: order tokens by how far their
     surprise -log p is from the entropy H, and keep the closest until their mass passes typical_p (the
     token that passes it included; at least one)."""
@@ -364,10 +369,8 @@ def typical_p(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     order = ids.gather(1, j)
     kept_mass = p.gather(1, order).cumsum(dim=-1)
     before = kept_mass - p.gather(1, order)
-    keep_sorted = (before <= mass) & torch.isfinite(closest)  # up to and including the token that passes typical_p
-    keep_sorted[:, 0] = True
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, keep_sorted)
-    return logits.masked_fill(~(keep | (mass >= 1.0)), NEG_INF)
+    # Up to and including the token that passes typical_p.
+    return _keep_in_order(logits, order, (before <= mass) & torch.isfinite(closest), off=mass >= 1.0)
 
 
 TYPICAL_P = Stage(
@@ -472,6 +475,14 @@ def dry(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
             if length >= p.dry_allowed_length:
                 penalties[b, token] = _dry_penalty(p.dry_multiplier, p.dry_base, length - p.dry_allowed_length)
     return logits - penalties
+
+
+def dry_breakers(tokenizer, breakers: tuple[str, ...]) -> frozenset[int]:
+    """DRY's sequence breakers as token ids: the last token of "a" + breaker, i.e. the breaker as it
+    follows a word (text-generation-webui's rule); a breaker the tokenizer drops is skipped."""
+    word = tokenizer.encode("a", add_special_tokens=False)
+    ids = [tokenizer.encode("a" + b, add_special_tokens=False) for b in breakers]
+    return frozenset(t[-1] for t in ids if t and t != word)
 
 
 def _dry_penalty(multiplier: float, base: float, excess: int) -> float:

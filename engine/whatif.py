@@ -27,6 +27,7 @@ import torch
 from engine.context import SamplerContext
 from engine.rng import uniform
 from engine.sampler import draw, learn, run_pipeline
+from engine.stages import dry_breakers
 from engine.trace import Step, record
 
 # The stages that push down tokens for having occurred: what the penalty ledger itemises.
@@ -92,14 +93,6 @@ class Snapshots:
     @property
     def nbytes(self) -> int:
         return self._bytes
-
-
-def dry_breakers(tokenizer, breakers: tuple[str, ...]) -> frozenset[int]:
-    """DRY's sequence breakers as token ids: the last token of "a" + breaker, i.e. the breaker as it
-    follows a word (text-generation-webui's rule); a breaker the tokenizer drops is skipped."""
-    word = tokenizer.encode("a", add_special_tokens=False)
-    ids = [tokenizer.encode("a" + b, add_special_tokens=False) for b in breakers]
-    return frozenset(t[-1] for t in ids if t and t != word)
 
 
 def resample(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from html import escape
 
+from engine.whatif import PENALTIES
 from playground.ui_records import STAGE_LABELS, Step, alternatives, prob, visible
 
 MODES = ("raw probability", "final probability", "entropy")
@@ -184,7 +185,7 @@ def token_view_html(
 def ledger_html(rows: list[dict], stages: list[str]) -> str:
     """The penalty ledger of a step: each token the penalties touched, how often it occurred before the
     step, and how much logit each penalty took from it (negative: the penalty raised it)."""
-    on = [s for s in ("repetition_penalty", "presence_frequency", "dry") if s in stages and any(s in r["loss"] for r in rows)]
+    on = [s for s in PENALTIES if s in stages and any(s in r["loss"] for r in rows)]
     if not rows:
         return ("<p class='note' id='ledger-empty'>No penalty moved any logit at this step (repetition penalty, "
                 "presence/frequency and DRY are off, or nothing they count has occurred yet).</p>")
