@@ -49,6 +49,10 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
+    # PLAYGROUND_CPU_BF16=0 makes this CPU behave as one without bf16 (the float32 path most users'
+    # CPUs take), so the whole suite, servers included, can be run on both paths from one machine.
+    if os.environ.get("PLAYGROUND_CPU_BF16") == "0":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
