@@ -1,6 +1,6 @@
 """Sampling Playground: the Gradio UI and the OpenAI-compatible HTTP API on one server.
 
-    python app.py [--model ID_OR_FOLDER] [--host 127.0.0.1] [--port 7860] [--api-key KEY]
+    python app.py [--model ID_OR_FOLDER] [--host 127.0.0.1] [--port 7860] [--api-key KEY] [--threads N]
 """
 
 from __future__ import annotations
@@ -37,7 +37,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="token slots the shared batch's KV cache may hold when a request joins (rows x width); more wait")
     p.add_argument("--max-queue", type=_positive_int, default=os.environ.get("PLAYGROUND_MAX_QUEUE", "256"),
                    help="requests waiting for room; past it, 429 with Retry-After")
+    p.add_argument("--threads", type=_positive_int, default=os.environ.get("PLAYGROUND_THREADS"),
+                   help="intra-op threads for tensor work, fixed for the process and part of the system_fingerprint "
+                        "(env PLAYGROUND_THREADS; default: one less than the cores, see engine/threads.py)")
     return p.parse_args(argv)
+
+
+def configure_threads(args: argparse.Namespace) -> str:
+    """Fix the process's intra-op thread count, before any tensor work; returns the line to print."""
+    from engine.threads import current_threads, default_threads, set_threads, usable_cores
+
+    if args.threads is None:
+        n, why = default_threads(usable_cores())
+    else:
+        n, why = args.threads, "set by --threads or PLAYGROUND_THREADS"
+    set_threads(n)
+    return f"threads: {current_threads()} ({why}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
 
 
 def limits(args: argparse.Namespace):
@@ -60,13 +75,15 @@ def build_app(host, args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(configure_threads(args), flush=True)  # before the model loads: no tensor work may come first
+
     import uvicorn
 
     from engine.model import load_model
     from playground.loading import LoadingPage
     from playground.models import ModelHost
 
-    args = parse_args(argv)
     # Until the model is loaded (seconds from the cache, ~20 s on a first start, longer from the Hub)
     # the port serves a page that shows the progress.
     with LoadingPage(args.host, args.port) as page:

@@ -28,6 +28,7 @@ import torch
 from engine.chat import ChatRequest
 from engine.generator import Generation
 from engine.model import LoadedModel
+from engine.threads import current_threads
 from engine.trace import Step
 
 
@@ -43,9 +44,10 @@ ENGINE_CODE = _engine_code_hash()
 
 
 def fingerprint(lm: LoadedModel) -> str:
-    """Stable while model, dtype, device, torch and the engine's code stay the same (OpenAI's
-    system_fingerprint: when it changes, the same seed may give other text)."""
-    key = f"{lm.name}|{lm.dtype}|{lm.device}|{torch.__version__}|{ENGINE_CODE}"
+    """Stable while model, dtype, device, torch, the engine's code and the intra-op thread count stay the
+    same (OpenAI's system_fingerprint: when it changes, the same seed may give other text). The thread
+    count is in it because it decides the order of float reductions, and so the logits' low bits."""
+    key = f"{lm.name}|{lm.dtype}|{lm.device}|{torch.__version__}|{ENGINE_CODE}|threads={current_threads()}"
     return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
