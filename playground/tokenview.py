@@ -7,6 +7,8 @@ hovering shows the top alternatives through a CSS tooltip built from `data-tip`.
 
 from __future__ import annotations
 
+import json
+import secrets
 from html import escape
 
 from engine.whatif import PENALTIES
@@ -108,16 +110,23 @@ def alternatives_html(step: Step, texts: dict[int, str], limit: int = 10) -> str
     )
 
 
+def _waiting_note(waiting: int | None) -> str:
+    if waiting is None:
+        return ""
+    ahead = "next in line" if waiting == 0 else f"{waiting} ahead of you"
+    return f"<p class='note waiting'>⏳ Waiting for room in the model's shared batch: {ahead}.</p>"
+
+
+def _head(i: int, reason: str, tokens: int) -> str:
+    return f"Completion {i} · {reason} · {tokens} tokens"
+
+
 def completions_html(completions: list[dict], running: bool = False, waiting: int | None = None) -> str:
     """The n completions side by side, each with its finish reason and token count. `waiting`: how many
     runs are ahead of this one in the model's queue, while it waits for room in the shared batch."""
     if not completions:
         return ""
     cols = []
-    note = ""
-    if waiting is not None:
-        ahead = "next in line" if waiting == 0 else f"{waiting} ahead of you"
-        note = f"<p class='note waiting'>⏳ Waiting for room in the model's shared batch: {ahead}.</p>"
     for i, c in enumerate(completions, start=1):
         reason = c["finish_reason"] or ("waiting…" if waiting is not None else "generating…" if running else "unfinished")
         message = c.get("message")
@@ -133,11 +142,8 @@ def completions_html(completions: list[dict], running: bool = False, waiting: in
                 body += f"<div class='tool-call'>tool call: <code>{escape(fn['name'])}({escape(fn['arguments'])})</code></div>"
             if message["content"]:
                 body += f"<div class='comp-text'>{escape(message['content'])}</div>"
-        cols.append(
-            f"<div class='comp'><div class='comp-head'>Completion {i} · {escape(reason)} · "
-            f"{len(c['steps'])} tokens</div>{body}</div>"
-        )
-    return note + "<div class='comps'>" + "".join(cols) + "</div>"
+        cols.append(f"<div class='comp'><div class='comp-head'>{escape(_head(i, reason, len(c['steps'])))}</div>{body}</div>")
+    return _waiting_note(waiting) + "<div class='comps'>" + "".join(cols) + "</div>"
 
 
 def side_by_side(columns: list[tuple[str, str]], note: str = "") -> str:
@@ -145,6 +151,25 @@ def side_by_side(columns: list[tuple[str, str]], note: str = "") -> str:
     cols = "".join(f"<div class='comp'><div class='comp-head'>{escape(t)}</div>{body}</div>" for t, body in columns)
     top = f"<p class='note'>{escape(note)}</p>" if note else ""
     return top + "<div class='comps'>" + cols + "</div>"
+
+
+def token_span(step: Step, i: int, texts: dict[int, str], mode: str = "raw probability", selected: bool = False,
+               diverge: bool = False) -> str:
+    """One token of the token view: coloured, numbered by `data-step` for clicks, with its hover text."""
+    shown = step["shown"]
+    classes = ["tok"]
+    if not shown.strip():
+        classes.append("ws")
+        # Whitespace-only tokens get a visible glyph, or nobody could hover or click them.
+        shown = visible(shown) + ("\n" if "\n" in shown else "")
+    if selected:
+        classes.append("sel")
+    if step.get("forced"):
+        classes.append("forced")
+    if diverge:
+        classes.append("diverge")
+    return (f"<span class='{' '.join(classes)}' data-step='{i}' style='background:{colour(step, mode)}' "
+            f"data-tip='{escape(tooltip(step, texts))}'>{escape(shown)}</span>")
 
 
 def token_view_html(
@@ -160,26 +185,100 @@ def token_view_html(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not steps:
-        return "<div class='tv'><span class='tv-empty'>Generate to see the completion token by token.</span></div>"
-    spans = []
-    for i, step in enumerate(steps):
-        shown = step["shown"]
-        classes = ["tok"]
-        if not shown.strip():
-            classes.append("ws")
-            # Whitespace-only tokens get a visible glyph, or nobody could hover or click them.
-            shown = visible(shown) + ("\n" if "\n" in shown else "")
-        if i == selected:
-            classes.append("sel")
-        if step.get("forced"):
-            classes.append("forced")
-        if i == mark:
-            classes.append("diverge")
-        spans.append(
-            f"<span class='{' '.join(classes)}' data-step='{i}' style='background:{colour(step, mode)}' "
-            f"data-tip='{escape(tooltip(step, texts))}'>{escape(shown)}</span>"
-        )
+        return EMPTY_TOKENS
+    spans = [token_span(step, i, texts, mode, i == selected, i == mark) for i, step in enumerate(steps)]
     return (_legend(mode) if legend else "") + "<div class='tv'>" + "".join(spans) + "</div>"
+
+
+EMPTY_TOKENS = "<div class='tv'><span class='tv-empty'>Generate to see the completion token by token.</span></div>"
+
+
+# --- streaming: a value that only grows ------------------------------------------------------------------
+#
+# Gradio diffs each streamed output against the value it sent last: a string that only grows goes out as an
+# "append" of its new end, anything else as the whole value again. So a run in progress is not HTML that is
+# rebuilt (and re-sent, and re-parsed by the browser) on every update: it is a log that only grows, MARK and
+# a stream id on the first line, then one JSON record per line, ["set" | "add", slot, html]: set the inner
+# HTML of the element with data-slot=slot (the component itself for ""), or add html at its end. The page's
+# STREAM_JS applies only the records it has not applied yet; any value without MARK is plain HTML, shown as
+# it is (the finished run's full view).
+
+MARK = "\u241e"
+
+STREAM_JS = """
+let stream = null, used = 0;
+const apply = () => {
+  const value = props.value || '';
+  if (!value.startsWith('\u241e')) { stream = null; element.innerHTML = value; return; }
+  const head = value.indexOf('\\n');
+  if (value.slice(0, head) !== stream) { stream = value.slice(0, head); used = head + 1; element.innerHTML = ''; }
+  const end = value.lastIndexOf('\\n') + 1;
+  for (const line of value.slice(used, end).split('\\n')) {
+    if (!line) continue;
+    const [op, slot, html] = JSON.parse(line);
+    const el = slot ? element.querySelector(`[data-slot="${slot}"]`) : element;
+    if (el && op === 'set') el.innerHTML = html;
+    else if (el) el.insertAdjacentHTML('beforeend', html);
+  }
+  used = Math.max(used, end);
+};
+apply();
+watch('value', apply);
+"""
+
+
+class Stream:
+    """A streamed component's value (see above): `value` only grows while records are added."""
+
+    def __init__(self):
+        self.value = f"{MARK}{secrets.token_hex(6)}\n"
+
+    def set(self, slot: str, html: str) -> None:
+        self.value += json.dumps(["set", slot, html], ensure_ascii=False) + "\n"
+
+    def add(self, slot: str, html: str) -> None:
+        self.value += json.dumps(["add", slot, html], ensure_ascii=False) + "\n"
+
+
+class LiveRun:
+    """A run in progress as two streamed values, the completions and the token view of completion 1, that
+    grow by what changed since the last update: new tokens, new text, a changed head or queue note. The
+    bytes per update depend on what the update brings, never on how long the completion already is."""
+
+    def __init__(self, n: int):
+        self.completions, self.tokens = Stream(), Stream()
+        heads = "".join(f"<div class='comp'><div class='comp-head' data-slot='head{i}'></div>"
+                        f"<div class='comp-text' data-slot='text{i}'></div></div>" for i in range(n))
+        self.completions.set("", f"<div data-slot='note'></div><div class='comps'>{heads}</div>")
+        self.tokens.set("", _legend(MODES[0]) + "<div class='tv' data-slot='tv'></div>")
+        self._note: str | None = None
+        self._heads = [""] * n
+        self._texts = [""] * n
+        self._steps = 0  # token spans sent for completion 1
+
+    def update(self, completions: list[dict], texts: dict[int, str], waiting: int | None = None) -> tuple[str, str]:
+        """(completions value, tokens value) after adding what changed in `completions` (a run's, in progress)."""
+        note = _waiting_note(waiting)
+        if note != self._note:
+            self._note = note
+            self.completions.set("note", note)
+        for i, c in enumerate(completions):
+            head = _head(i + 1, c["finish_reason"] or ("waiting…" if waiting is not None else "generating…"), len(c["steps"]))
+            if head != self._heads[i]:
+                self._heads[i] = head
+                self.completions.set(f"head{i}", escape(head))
+            text, sent = c["text"], self._texts[i]
+            if text != sent:
+                self._texts[i] = text
+                if text.startswith(sent):
+                    self.completions.add(f"text{i}", escape(text[len(sent):]))
+                else:
+                    self.completions.set(f"text{i}", escape(text))
+        steps = completions[0]["steps"]
+        if len(steps) > self._steps:
+            self.tokens.add("tv", "".join(token_span(steps[i], i, texts) for i in range(self._steps, len(steps))))
+            self._steps = len(steps)
+        return self.completions.value, self.tokens.value
 
 
 def ledger_html(rows: list[dict], stages: list[str]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import gradio as gr
@@ -17,14 +18,12 @@ import gradio as gr
 from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
 from playground import tokenview, ui_events
+from engine.scheduler import Limits
 from playground.models import ModelHost
 from playground.sweeps import MAX_SAMPLES, MAX_VALUES, METRICS, SWEEPABLE
 from playground.ui_events import SETTINGS, Inputs, Stops, effort_state, model_info
 from playground.ui_settings import GROUP_TITLES, GROUPS, ORDER_PRESETS, TOOL_CHOICES, UI_KNOBS, control_spec
 
-# UI events that may generate at once: each only waits on the model's scheduler, which batches them (and
-# queues past its limits, showing each run its place).
-MODEL_CONCURRENCY = 64
 DEFAULT_MESSAGE = "Write a short poem about the sea."
 DEFAULT_SETTINGS_B = '{"temperature": 1.5, "top_p": 1.0, "min_p": 0.0}'
 
@@ -83,6 +82,26 @@ CSS = tokenview.CSS + """
 """
 
 Component = gr.components.Component
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Gradio's queue sized from the scheduler's limits, so that Gradio never holds a page back that the
+    scheduler would take. A model event (generate, what-if, sweep, ...) holds its Gradio slot for its
+    whole run, also while its job waits in the scheduler's queue (where the page shows its place): so as
+    many run at once as the scheduler decodes and queues. Other events (drawing, validation) are short;
+    they get one slot per row, so no page waits for another's. Gradio runs at most `max_threads` events
+    of all kinds at once, so it is the sum of both."""
+
+    model: int  # concurrency of the shared "model" events: rows decoding + jobs waiting
+    other: int  # each other event's concurrency
+    max_threads: int
+    max_size: int  # events waiting in Gradio's own queue, past the running ones
+
+    @classmethod
+    def of(cls, limits: Limits) -> "QueueLimits":
+        model = limits.max_rows + limits.max_queue
+        return cls(model=model, other=limits.max_rows, max_threads=model + limits.max_rows, max_size=limits.max_queue)
 
 
 def _handler(fn: Callable, names: list[str], outputs: dict[str, Component]) -> Callable:
@@ -181,6 +200,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
     c: dict[str, Component] = {}  # every component an event reads or writes, by name
     with gr.Blocks(title="Sampling Playground", analytics_enabled=False) as demo:
         c["runs"], c["history"], c["sweep_state"] = gr.State([]), gr.State([]), gr.State(None)
+        c["finished"] = gr.State(False)  # a run just finished: finish_generate shows it
         gr.Markdown(INTRO)
         c["link_note"] = gr.Markdown(elem_id="link-note")
         with gr.Row(equal_height=True):
@@ -237,12 +257,14 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                     clear_btn = gr.Button("Clear conversation", elem_id="clear")
                 c["run_error"] = gr.Markdown(elem_id="run-error")
-                c["completions"] = gr.HTML(elem_id="completions")
+                # Both stream a run (tokenview.LiveRun) and show plain HTML otherwise; their script draws either.
+                c["completions"] = gr.HTML(elem_id="completions", html_template="", js_on_load=tokenview.STREAM_JS)
                 with gr.Row():
                     c["view"] = gr.Dropdown([], label="Showing", elem_id="view", scale=2)
                     c["completion"] = gr.Radio(["1"], value="1", label="Completion", scale=2)
                     c["mode"] = gr.Radio(list(tokenview.MODES), value=tokenview.MODES[0], label="Colour tokens by", scale=3)
-                c["tokens"] = gr.HTML(tokenview.token_view_html([], {}), elem_id="tokenview", js_on_load=TOKENVIEW_JS)
+                c["tokens"] = gr.HTML(tokenview.EMPTY_TOKENS, elem_id="tokenview", html_template="",
+                                      js_on_load=tokenview.STREAM_JS + TOKENVIEW_JS)
                 c["timeline"] = gr.Plot(elem_id="timeline", show_label=False)
                 c["step"] = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="step",
                                       info="Or click a token above, or a point on the timeline.")
@@ -336,17 +358,20 @@ def build_ui(host: ModelHost) -> gr.Blocks:
             generate=gen_btn, stop=stop_btn, clear=clear_btn, cont=continue_btn, sweep=sweep_btn, branch=branch_btn,
             compare=compare_btn, replay=replay_btn))
 
-    demo.queue(default_concurrency_limit=8, max_size=64)
+    sizes = QueueLimits.of(host.limits)
+    demo.max_threads = sizes.max_threads  # read when the mounted app starts (launch() would set it)
+    demo.queue(default_concurrency_limit=sizes.other, max_size=sizes.max_size)
     return demo
 
 
 def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component], buttons: dict[str, Any]) -> None:
     b = buttons
+    sizes = QueueLimits.of(host.limits)
     pick = lambda *names: {n: c[n] for n in names}  # noqa: E731
     settings = pick(*SETTINGS)
     selection = pick("runs", "view", "completion", "step")
     view_out = pick(*ui_events.EMPTY_VIEW)
-    model_events = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
+    model_events = {"concurrency_limit": sizes.model, "concurrency_id": "model"}
     quiet = {"show_progress": "hidden"}
     bound = lambda fn: functools.partial(fn, host=host, stops=stops)  # noqa: E731
     controls = [c[n] for n in (*SETTINGS, "order_preset") if not isinstance(c[n], gr.State)]
@@ -364,9 +389,10 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     whatif_in = {**settings, **selection, "live": c["live"]}
     whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
     gen_event = _on([b["generate"].click, c["message"].submit], bound(ui_events.generate), settings,
-                    pick("run_error", "completions", "tokens", "chat", "runs", "history", "message", "view", "completion",
-                         "step", "prompt"), **model_events)
-    drawn = _then(gen_event, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+                    pick("run_error", "completions", "tokens", "runs", "history", "finished"), **model_events)
+    finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host), pick("runs", "history", "finished"),
+                     pick("finished", "chat", "message", "view", "completion", "step", "prompt"), **quiet)
+    drawn = _then(finished, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
     _then(drawn, validate, {**settings, "runs": c["runs"]}, validate_out, **quiet)
     _on(b["stop"].click, functools.partial(ui_events.stop, stops=stops), {}, {}, concurrency_limit=None, **quiet)
     _on(b["clear"].click, ui_events.clear, {}, pick("history", "chat", "run_error"))

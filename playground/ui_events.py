@@ -239,6 +239,12 @@ def apply_link(host: ModelHost, link: dict[str, str]) -> Out:
 
 
 def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterator[Out]:
+    """Stream a run into the completions and the token view, then keep it (`finish_generate` shows it).
+
+    While it runs every update carries plain values for the same three outputs and nothing else: a
+    skipped output (gr.skip, or an output left out) makes Gradio build that component anew, and a value
+    that is not the one sent before is sent whole. The two views are tokenview.LiveRun streams, so an
+    update costs what it adds, whatever the completion's length."""
     try:
         lm = host.get(ui.model)
         params = collect(ui.knobs, _encoder(lm))
@@ -261,27 +267,35 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
         except Refused as e:
             yield {"run_error": f"⚠️ {e.message}"}
             return
-        chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": ""}]
+        live = tokenview.LiveRun(len(run["completions"]))
         for run in ui_runs.advance(lm, ticket, run):
-            chat[-1]["content"] = run["completions"][0]["text"]
-            yield {
-                "run_error": "",
-                "completions": tokenview.completions_html(run["completions"], running=True, waiting=run["waiting"]),
-                "tokens": tokenview.token_view_html(run["completions"][0]["steps"], run["texts"]),
-                "chat": chat,
-            }
+            completions, tokens = live.update(run["completions"], run["texts"], run["waiting"])
+            yield {"run_error": "", "completions": completions, "tokens": tokens}
+    chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": run["completions"][0]["text"]}]
+    # The token view keeps its stream until `show` draws the finished run (a skip here: the event's last
+    # message carries every output's last value whole, and the stream is the largest).
+    yield {"run_error": "", "completions": tokenview.completions_html(run["completions"]), "runs": [run], "history": chat,
+           "finished": True}
+
+
+def finish_generate(host: ModelHost, runs: list[dict], history: list[dict], finished: bool) -> Out:
+    """After a run that finished (not one refused or with a bad setting): the chat, an empty message box,
+    the run selected at its most uncertain step, and its templated prompt."""
+    if not finished or not runs:
+        return {}
+    run = runs[0]
     steps = run["completions"][0]["steps"]
-    yield {
-        "completions": tokenview.completions_html(run["completions"]),
-        "runs": [run],
-        "history": chat,
-        "chat": chat,
+    out: Out = {
+        "finished": False,
+        "chat": history,
         "message": "",
         "view": gr.update(choices=view_choices([run]), value=0),
         "completion": gr.update(choices=[str(i + 1) for i in range(len(run["completions"]))], value="1"),
         "step": gr.update(maximum=max(len(steps) - 1, 1), value=most_uncertain(steps)),
-        "prompt": lm.tokenizer.decode(run["prompt_ids"]),
     }
+    with contextlib.suppress(KeyError):  # the run's model went away meanwhile: no prompt to show
+        out["prompt"] = host.get(run["model"]).tokenizer.decode(run["prompt_ids"])
+    return out
 
 
 def stop(stops: Stops, session: str) -> Out:
