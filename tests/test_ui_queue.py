@@ -1,0 +1,25 @@
+"""Gradio's queue follows the scheduler's limits: no page waits in Gradio for room the scheduler has."""
+
+from __future__ import annotations
+
+from engine.scheduler import Limits
+from playground.models import ModelHost
+from playground.ui import build_ui
+from tests.ui_server import wordy_lm
+
+
+def test_model_events_run_as_many_at_once_as_the_scheduler_decodes_and_queues():
+    demo = build_ui(ModelHost(wordy_lm(), limits=Limits(max_rows=5, max_queue=7)))
+    model = [fn for fn in demo.fns.values() if fn.concurrency_id == "model"]
+    assert model and {fn.concurrency_limit for fn in model} == {5 + 7}
+    # Gradio runs at most max_threads events of every kind at once: the model's and, beside them, one of
+    # each other event per row.
+    assert demo.max_threads == 5 + 7 + 5
+    assert demo._queue.max_size == 7 and demo._queue.default_concurrency_limit == 5
+
+
+def test_the_default_limits_let_every_row_of_the_batch_be_a_page():
+    demo = build_ui(ModelHost(wordy_lm()))
+    limits = Limits()
+    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "model"} == \
+           {limits.max_rows + limits.max_queue}
