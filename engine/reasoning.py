@@ -74,7 +74,9 @@ class ThinkState:
         return self.forced[0] if self.forced else None
 
     def feed(self, token_id: int, text: str) -> None:
-        if self.forced and token_id == self.forced[0]:
+        """Follow the completion's next token, drawn or given (a replayed or branched prefix): the same
+        state either way, so a prefix that ends inside the forced close continues that close."""
+        if self.next_forced() == token_id:
             self.forced.pop(0)
         self.text += text
         if self.done:
