@@ -3,6 +3,10 @@
 Every helper here works row by row, so that no row's result depends on the rows beside it: sums that
 must be exact use a sequential cumulative sum (torch.sum splits a lone row across threads, so its
 rounding changes with the batch); softmax and cumsum are row-wise kernels.
+
+Logits are float32 and either finite or -inf (removed). A stage whose exact result leaves float32's range
+saturates at ±FLOAT32_MAX (`saturate`), so no knob value in its documented range can put NaN or +inf in
+front of the draw, and a stage that removes nothing never turns a finite logit into -inf.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 NEG_INF = float("-inf")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Below this many survivors a stage or the draw works on the survivors only, never on the vocabulary.
 COMPACT = 4096
 
@@ -37,10 +42,14 @@ class RowKnobs:
         return cls(params, vocab_size, device)
 
     def col(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(B, 1): knob `name` of every row."""
+        """(B, 1): knob `name` of every row, saturated to the dtype's range: a knob may hold any Python
+        number its range allows (top_k = 10**20, mirostat_tau = 1e308), and a row must read the same
+        beside others as alone."""
         key = (name, dtype)
         if key not in self._cols:
-            self._cols[key] = torch.tensor([getattr(p, name) for p in self.params], dtype=dtype, device=self.device)[:, None]
+            info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
+            values = [min(max(getattr(p, name), info.min), info.max) for p in self.params]
+            self._cols[key] = torch.tensor(values, dtype=dtype, device=self.device)[:, None]
         return self._cols[key]
 
     def values(self, name: str) -> list[Any]:
@@ -78,6 +87,12 @@ class SamplerContext:
     def note(self, name: str, values: torch.Tensor) -> None:
         """Report a per-row number (B,) for the step's record, e.g. the temperature a row actually used."""
         self.notes[name] = values.detach().reshape(-1).to(torch.float64).cpu()
+
+
+def saturate(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """`values` (B, V), computed from `logits` (B, V) in any float dtype, as float32 logits: finite or
+    overflowed results clamped to ±FLOAT32_MAX, tokens removed in `logits` (-inf) still removed."""
+    return torch.where(logits > NEG_INF, values.clamp(-FLOAT32_MAX, FLOAT32_MAX), NEG_INF).float()
 
 
 def survivors(logits: torch.Tensor) -> torch.Tensor:

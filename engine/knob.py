@@ -6,6 +6,7 @@ where they belong: a sampler stage's knobs with the stage (engine/stages.py), th
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,10 @@ class Knob:
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
         if too_low or too_high:
-            raise ParamError(self.name, f"{self.name} must be in {self.range_text()}, got {value!r}")
+            raise ParamError(self.name, f"{self.name} must be in {self.range_text()}, got {_shown(value)}")
+        if not is_int and abs(value) > sys.float_info.max:  # an integer no float can hold: float() would raise
+            raise ParamError(self.name, f"{self.name} must be a finite number in {self.range_text()}, got {_shown(value)}, "
+                             f"beyond the largest float ({sys.float_info.max:g})")
         return value
 
     def to_plain(self, value: Any) -> Any:
@@ -102,6 +106,13 @@ class Knob:
         if self.kind in ("stop", "strings", "order"):
             return list(value)
         return value
+
+
+def _shown(value: float | int) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # Python refuses to print an integer of more than 4300 digits
+        return f"an integer of {value.bit_length()} bits"
 
 
 def _num(x: float) -> str:

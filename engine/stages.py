@@ -19,13 +19,17 @@ from typing import Any, Callable
 
 import torch
 
-from engine.context import NEG_INF, SamplerContext, canonical_head, most_survivors, row_sum, survivor_ids, survivors
+from engine.context import (
+    FLOAT32_MAX, NEG_INF, SamplerContext, canonical_head, most_survivors, row_sum, saturate, survivor_ids, survivors,
+)
+from engine.dry import dry, uses_dry
 from engine.knob import Knob
 from engine.rng import uniform
 
-# Temperatures from here up divide float32 logits without overflow (|logit| stays far below 1e8).
+# Temperatures from here up are float32 normal numbers: a row with a smaller one divides in float64.
 TINY_TEMPERATURE = 1e-30
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # the smallest normal float32
+FLOAT64_MAX = sys.float_info.max
 ANY_VOCAB = sys.maxsize  # for off tests where the vocabulary size is unknown (the UI's saved runs)
 
 
@@ -157,11 +161,17 @@ LOGIT_BIAS = Stage(
 def repetition_penalty(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     # CTRL (Keskar et al. 2019): a seen token's logit is divided by theta when positive and multiplied
     # when negative, so theta > 1 always makes it less likely.
+    # The result saturates at float32's range: theta = 1e-50 pushes a positive logit to +FLOAT32_MAX.
     if "repetition_penalty" not in ctx.knobs.on:
         return logits
-    theta = ctx.knobs.col("repetition_penalty")
+    theta = ctx.knobs.col("repetition_penalty")  # (B, 1)
     penalized = torch.where(logits > 0, logits / theta, logits * theta)
-    return torch.where(ctx.seen, penalized, logits)
+    below = (ctx.knobs.col("repetition_penalty", torch.float64) < FLOAT32_TINY).squeeze(1)
+    if bool(below.any()):
+        # Below float32's normal range theta loses its digits (or becomes 0): those rows work in float64.
+        x, t = logits[below].double(), ctx.knobs.col("repetition_penalty", torch.float64)[below]
+        penalized[below] = saturate(torch.where(x > 0, x / t, x * t), logits[below])
+    return torch.where(ctx.seen, saturate(penalized, logits), logits)
 
 
 REPETITION_PENALTY = Stage(
@@ -208,15 +218,18 @@ def temperature(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     t = k.col("temperature", torch.float64)  # (B, 1)
     if any(d > 0 for d in k.values("dynatemp_range")):
         t = _dynamic_temperature(logits, ctx, t)
-    out = logits / t.clamp(min=TINY_TEMPERATURE).float()  # exact: no floor on t; greedy rows are replaced below
-    tiny = ((t < TINY_TEMPERATURE) & ~k.greedy[:, None]).squeeze(1)
-    if bool(tiny.any()):
-        # Below float32's normal range a division can overflow: such a row is shifted by its maximum first,
-        # which softmax cannot see, and divided in float64; (x - max) / t only ever overflows toward -inf.
-        # A dynamic temperature of 0 keeps the top tokens only, as llama.cpp's greedy branch does.
-        x = logits[tiny].double()
-        shifted = x - x.masked_fill(~torch.isfinite(x), NEG_INF).amax(dim=-1, keepdim=True)
-        out[tiny] = torch.where(shifted == 0, 0.0, shifted / t[tiny]).float()
+    out = logits / t.clamp(TINY_TEMPERATURE, FLOAT32_MAX).float()  # exact where t is in range; others below
+    overflowed = (torch.isinf(out) & (logits > NEG_INF)).any(dim=-1)  # a logit an earlier stage saturated
+    wide = ((t < TINY_TEMPERATURE) | (t > FLOAT32_MAX)).squeeze(1) | overflowed
+    wide &= ~k.greedy
+    if bool(wide.any()):
+        # Such a row is shifted by its maximum first, which softmax cannot see, and divided in float64:
+        # (x - max) / t is at most 0 and saturates at -FLOAT32_MAX. A dynamic temperature of 0 keeps the
+        # top tokens only, as llama.cpp's greedy branch does.
+        x, tw = logits[wide].double(), t[wide]
+        shifted = x - x.amax(dim=-1, keepdim=True)
+        cooled = torch.where(shifted == 0, 0.0, shifted / tw)
+        out[wide] = torch.where(tw > 0, saturate(cooled, logits[wide]), cooled.float())
     if bool(k.greedy.any()):
         # Greedy by an explicit argmax (ties to the lower id), never a division by a tiny number.
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -231,10 +244,10 @@ def _dynamic_temperature(logits: torch.Tensor, ctx: SamplerContext, t: torch.Ten
     n = survivors(logits).double()[:, None]  # (B, 1)
     p = torch.softmax(logits.double(), dim=-1)
     h = -row_sum(torch.where(p > 0, p * p.log(), 0.0))[:, None]
-    normalised = h / n.clamp(min=2).log()
-    low, high = (t - d).clamp(min=0.0), t + d
+    normalised = (h / n.clamp(min=2).log()).clamp(0.0, 1.0)  # rounding may pass 1, and 1.0001 ** 1e300 is inf
+    low, high = (t - d).clamp(min=0.0), t + d  # finite: t <= 2 and d <= float64's max
     dynamic = low + (high - low) * normalised.pow(k.col("dynatemp_exponent", torch.float64))
-    use = (d > 0) & (n > 1)
+    use = (d > 0) & (n > 1) & ~k.greedy[:, None]  # temperature 0 is greedy: an argmax uses no temperature
     # One survivor: llama.cpp leaves the logits alone, and dividing them would change nothing anyway.
     t = torch.where(use, dynamic, torch.where((d > 0) & (n <= 1), 1.0, t))
     ctx.note("temperature_used", torch.where(use, t, torch.nan).squeeze(1))
@@ -298,7 +311,7 @@ TOP_K = Stage(
     (Knob("top_k", "int", 0, "Keep only the k most likely tokens; 0 keeps all.",
           "randomness", lo=0, hi=None, off=0, step=1, openai=False),),
     on=lambda p, V: 0 < p.top_k < V, truncates=True, history=False,
-    setting=lambda p: f" {p.top_k:g}", describe=lambda s: _cut(s, f"top-k {s.params.top_k:g}"),
+    setting=lambda p: f" {p.top_k}", describe=lambda s: _cut(s, f"top-k {s.params.top_k}"),  # any int: 10**400 has no :g
 )
 
 
@@ -422,24 +435,35 @@ def xtc(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     if "xtc" not in ctx.knobs.on:
         return logits
     chance = ctx.knobs.col("xtc_probability", torch.float64)
+    threshold = ctx.knobs.col("xtc_threshold")
     coin = torch.tensor([uniform(seed, i, pos, XTC_STREAM) for seed, i, pos in ctx.coords], dtype=torch.float64,
                         device=logits.device)[:, None]
-    fires = coin <= chance  # (B, 1): llama.cpp acts unless its chance is above the probability
+    # (B, 1): llama.cpp returns early when its probability is <= 0, and acts unless its chance is above it.
+    fires = (chance > 0) & (coin <= chance)
     probs = torch.softmax(logits, dim=-1)
-    top = (probs >= ctx.knobs.col("xtc_threshold")) & (logits > NEG_INF)  # among the survivors
+    top = (probs >= threshold) & (logits > NEG_INF)  # among the survivors
+    reached = top.sum(dim=-1, keepdim=True)  # (B, 1)
     # The least likely token at or above the threshold stays (ties: the higher id, the last in the canonical order).
     least = torch.where(top, probs, torch.inf).amin(dim=-1, keepdim=True)
     last = (top & (probs == least)).int().cumsum(dim=-1)
     keeper = (probs == least) & (last == last[:, -1:])
-    remove = top & ~keeper & fires & (top.sum(dim=-1, keepdim=True) >= 2)
-    ctx.note("xtc_fired", (fires & (top.sum(dim=-1, keepdim=True) >= 2)).double().squeeze(1))
+    remove = top & ~keeper & fires & (reached >= 2)
+    on = ((chance > 0) & (threshold <= 0.5)).squeeze(1)  # rows where XTC is off beside rows where it is on say nothing
+    ctx.note("xtc_coin", torch.where(on, fires.squeeze(1).double(), torch.nan))
+    ctx.note("xtc_reached", torch.where(on, reached.squeeze(1).double(), torch.nan))
     return logits.masked_fill(remove, NEG_INF)
 
 
 def _describe_xtc(said: Said) -> str:
     setting = f"XTC ({said.params.xtc_probability:g} chance, threshold {said.params.xtc_threshold:g})"
     if said.cur["removed_mass"] == 0:
-        why = "its coin said no" if not said.note("xtc_fired") else "fewer than two tokens reached the threshold"
+        coin, reached = said.note("xtc_coin"), said.note("xtc_reached")
+        if coin is None or reached is None:  # a record from before these notes
+            why = "its coin said no, or fewer than two tokens reached the threshold"
+        elif not coin:
+            why = "its coin said no"
+        else:
+            why = f"its coin said yes, but only {count(int(reached), 'token')} reached the threshold"
         return f"{setting} removed nothing here: {why}."
     return f"{setting} removed the top choices above the threshold but the least likely of them: {said.cur['removed_mass']:.2f} of the mass."
 
@@ -455,65 +479,6 @@ XTC = Stage(
 )
 
 
-def dry(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
-    """DRY, "Don't Repeat Yourself" (p-e-w), as text-generation-webui's DRYLogitsProcessor
-    (modules/sampler_hijack.py): for every earlier place where the text's last tokens occurred before,
-    the token that followed there would continue a repeat; if the repeat would be at least
-    dry_allowed_length tokens long, that token's logit loses dry_multiplier * dry_base ** (length -
-    dry_allowed_length). Sequence breakers (newline, colon, quote, asterisk by default) end a repeat and
-    are never pushed down themselves. The whole prompt and output count (llama.cpp's default window); the
-    penalty is clamped as llama.cpp clamps it (text-generation-webui caps the repeat at 50 tokens instead).
-    Reference cases: llama.cpp tests/test-sampling.cpp test_dry."""
-    if "dry" not in ctx.knobs.on:
-        return logits
-    penalties = torch.zeros_like(logits)
-    for b, p in enumerate(ctx.knobs.params):
-        history = ctx.history[b] if ctx.history else None
-        if p.dry_multiplier <= 0 or not history:
-            continue
-        for token, length in repeats(history, ctx.breakers[b] if ctx.breakers else frozenset()).items():
-            if length >= p.dry_allowed_length:
-                penalties[b, token] = _dry_penalty(p.dry_multiplier, p.dry_base, length - p.dry_allowed_length)
-    return logits - penalties
-
-
-def dry_breakers(tokenizer, breakers: tuple[str, ...]) -> frozenset[int]:
-    """DRY's sequence breakers as token ids: the last token of "a" + breaker, i.e. the breaker as it
-    follows a word (text-generation-webui's rule); a breaker the tokenizer drops is skipped."""
-    word = tokenizer.encode("a", add_special_tokens=False)
-    ids = [tokenizer.encode("a" + b, add_special_tokens=False) for b in breakers]
-    return frozenset(t[-1] for t in ids if t and t != word)
-
-
-def _dry_penalty(multiplier: float, base: float, excess: int) -> float:
-    """multiplier * base ** excess, with llama.cpp's clamp: the exponent stops where base ** excess reaches
-    float32's range, and so does the penalty, so a token is as good as banned but never removed."""
-    if base > 1.000001:
-        excess = min(excess, int(88.7228391 / math.log(base)))
-    return min(multiplier * base**excess, FLOAT32_MAX)
-
-
-def repeats(history: list[int], breakers: frozenset[int]) -> dict[int, int]:
-    """{next token: the longest repeat it would continue}: for each earlier occurrence of the last token,
-    how many tokens before it match the tokens before the end, stopping at a sequence breaker."""
-    last = history[-1]
-    if last in breakers:
-        return {}
-    found: dict[int, int] = {}
-    end = len(history) - 1
-    for i in range(end - 1, -1, -1):
-        if history[i] != last:
-            continue
-        following = history[i + 1]
-        if following in breakers:
-            continue
-        length = 1
-        while i - length >= 0 and history[i - length] == history[end - length] and history[i - length] not in breakers:
-            length += 1
-        found[following] = max(found.get(following, 0), length)
-    return found
-
-
 DRY = Stage(
     "dry", "DRY", dry,
     (Knob("dry_multiplier", "float", 0.0, "DRY (don't repeat yourself): how hard to push down a token that would extend a repeat of earlier text; 0 is off.",
@@ -523,8 +488,10 @@ DRY = Stage(
      Knob("dry_allowed_length", "int", 2, "DRY: repeats up to this many tokens are free.",
           "repetition", lo=1, hi=None, off=2, step=1, openai=False),
      Knob("dry_sequence_breakers", "strings", ("\n", ":", "\"", "*"), "DRY: strings that end a repeat (each is matched as a token).",
-          "repetition", off=("\n", ":", "\"", "*"), openai=False)),
-    on=lambda p, V: p.dry_multiplier > 0, truncates=False, history=True,
+          "repetition", off=("\n", ":", "\"", "*"), openai=False),
+     Knob("dry_penalty_last_n", "int", -1, "DRY: how many of the last tokens (prompt included) to look back over; -1 is all of them, 0 turns DRY off (llama.cpp).",
+          "repetition", lo=-1, hi=None, off=-1, step=1, openai=False)),
+    on=lambda p, V: uses_dry(p), truncates=False, history=True,
     setting=lambda p: f" ({p.dry_multiplier:g} × {p.dry_base:g}^(n - {p.dry_allowed_length}))",
     describe=lambda s: _biggest_drop(s, f"DRY {s.params.dry_multiplier:g} pushed down tokens that would continue a repeat"),
 )
@@ -538,7 +505,7 @@ def mirostat(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
     if "mirostat" not in ctx.knobs.on:
         return logits
     tau = ctx.knobs.col("mirostat_tau", torch.float64)
-    mu = torch.tensor([m.get("mirostat_mu", 2 * t) for m, t in zip(ctx.memory, tau.squeeze(1).tolist())],
+    mu = torch.tensor([m.get("mirostat_mu", _first_mu(t)) for m, t in zip(ctx.memory, tau.squeeze(1).tolist())],
                       dtype=torch.float64, device=logits.device)[:, None]
     on = ctx.knobs.col("mirostat", torch.int64) == 2
     ctx.note("mirostat_mu", torch.where(on, mu, torch.nan).squeeze(1))
@@ -554,8 +521,18 @@ def _mirostat_learn(ctx: SamplerContext, out: torch.Tensor, tokens: torch.Tensor
     ctx.note("mirostat_surprise", surprise.where(torch.tensor([p.mirostat == 2 for p in ctx.knobs.params]), torch.nan))
     for b, p in enumerate(ctx.knobs.params):
         if p.mirostat == 2:
-            mu = ctx.memory[b].get("mirostat_mu", 2 * p.mirostat_tau)
-            ctx.memory[b]["mirostat_mu"] = mu - p.mirostat_eta * (float(surprise[b]) - p.mirostat_tau)
+            mu = ctx.memory[b].get("mirostat_mu", _first_mu(p.mirostat_tau))
+            ctx.memory[b]["mirostat_mu"] = _finite(mu - p.mirostat_eta * (float(surprise[b]) - p.mirostat_tau))
+
+
+def _first_mu(tau: float) -> float:
+    """mu starts at 2 * tau, saturated at float64's limit (tau = 1e308 keeps every token, and a trace's
+    JSON cannot carry inf)."""
+    return _finite(2 * tau)
+
+
+def _finite(x: float) -> float:
+    return min(max(x, -FLOAT64_MAX), FLOAT64_MAX)
 
 
 def _describe_mirostat(said: Said) -> str:

@@ -85,28 +85,34 @@ TRUNCATING = frozenset(name for name, stage in ALL.items() if stage.truncates)
 class _Snap:
     """One stage's distribution, over the whole vocabulary or over a small support of token ids."""
 
-    def __init__(self, x: torch.Tensor, support: torch.Tensor | None, dense: bool):
+    def __init__(self, x: torch.Tensor, support: torch.Tensor | None):
         self.x = x  # (B, V) logits, or (B, m) logits of `support` when compact
         self.support = support  # (B, m) token ids, or None
-        self.lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1)
-        self.p: torch.Tensor | None = torch.softmax(x, dim=-1)  # (B, V) or (B, m); 0 where removed
-        # Entropy = lse - sum p x; removed tokens (p = 0, x = -inf) must add 0, not nan. `dense`:
-        # nothing is removed, so the clamping pass can be skipped.
-        finite_x = x if dense else x.clamp(min=-1e30)
-        self.entropy = self.lse.squeeze(1) - torch.linalg.vecdot(self.p, finite_x)
+        # Log-probabilities are taken from logits shifted by the row's maximum: where logits saturate at
+        # float32's limit, x - lse would lose the log of the number of tied tokens (MAX + log 3 rounds to
+        # MAX), and lse - sum p x would be inf - inf.
+        self.top_x = x.amax(dim=-1, keepdim=True)  # (B, 1)
+        shifted = x - self.top_x
+        self.lse = torch.logsumexp(shifted, dim=-1, keepdim=True)  # (B, 1), of the shifted logits
+        self.p: torch.Tensor | None = torch.softmax(shifted, dim=-1)  # (B, V) or (B, m); 0 where removed
+        # Entropy = -sum p log p; removed tokens (p = 0, log p = -inf) must add 0, not nan.
+        self.entropy = torch.linalg.vecdot(self.p, (self.lse - shifted).clamp(max=1e30))  # (B,) nats
         self._lookup = None
+
+    def _logp(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.top_x - self.lse
 
     def logp_at(self, ids: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, K) at token ids (B, K); -inf for ids outside a compact support."""
         if self.support is None:
-            return self.x.gather(1, ids) - self.lse
+            return self._logp(self.x.gather(1, ids))
         if self._lookup is None:
             self._lookup = self.support.sort(dim=-1)  # (B, m) ids ascending, and where each sits
         ordered, where = self._lookup
         # Binary search instead of comparing every id with every support entry: memory (B, K), not (B, K, m).
         at = torch.searchsorted(ordered, ids).clamp(max=ordered.shape[-1] - 1)
         found = ordered.gather(1, at) == ids
-        vals = self.x.gather(1, where.gather(1, at)) - self.lse
+        vals = self._logp(self.x.gather(1, where.gather(1, at)))
         return vals.masked_fill(~found, float("-inf"))
 
     def top(self, k: int, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +160,7 @@ def record(
             if support is None and int(n_alive.max()) <= COMPACT:
                 support = t.topk(int(n_alive.max()), dim=-1).indices  # (B, m): the survivors
                 alive = t.gather(1, support) > NEG_INF
-            snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
+            snap = _Snap(t if support is None else t.gather(1, support), support)
             if prev is None:
                 lost = torch.zeros(B, device=t.device)
             elif prev.support is None and support is not None:
@@ -164,7 +170,7 @@ def record(
                 lost = prev.p.masked_fill(alive, 0.0).sum(dim=-1)
         else:
             n_alive, lost = kept[-1], torch.zeros(B, device=t.device)
-            snap = _Snap(t if support is None else t.gather(1, support), support, dense=bool((n_alive == V).all()))
+            snap = _Snap(t if support is None else t.gather(1, support), support)
         if prev is not None:
             prev.p = None  # only the next stage's removed mass needs it: keep one (B, V) at a time
         snaps.append(snap)

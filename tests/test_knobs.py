@@ -3,7 +3,7 @@
 import pytest
 
 from engine.knobs import KNOBS, STAGE_ORDER, ParamError, SamplingParams
-from engine.stages import PRESETS
+from engine.stages import PRESETS, STAGES
 
 
 def error(**values) -> ParamError:
@@ -53,6 +53,20 @@ def test_out_of_range_value_names_the_knob_and_its_range(name, bad, range_text):
 @pytest.mark.parametrize("name, bad", [("temperature", "hot"), ("n", 1.5), ("n", True), ("logprobs", 1), ("temperature", float("nan"))])
 def test_wrong_type_is_refused_with_the_knob_named(name, bad):
     assert error(**{name: bad}).param == name
+
+
+@pytest.mark.parametrize("name", ["dynatemp_range", "dynatemp_exponent", "top_n_sigma", "dry_multiplier", "dry_base", "mirostat_tau"])
+def test_an_integer_beyond_the_largest_float_is_refused_for_a_float_knob_with_the_reason(name):
+    # JSON can carry 10**400; float() of it raises OverflowError, which was a 500.
+    e = error(**{name: 10**400})
+    assert e.param == name and "beyond the largest float" in e.message and "inf)" in e.message
+
+
+def test_an_integer_knob_takes_any_integer_its_range_allows_and_shows_it():
+    p = SamplingParams.build(top_k=10**400, dry_allowed_length=10**400)
+    assert p.top_k == 10**400 and STAGES["top_k"].setting(p) == f" {10**400}"
+    assert error(n=10**400).message.startswith("n must be in [1, 128]")
+    assert "an integer of" in error(n=10**5000).message  # too long to print: named by its size
 
 
 def test_edges_of_each_range_are_accepted():

@@ -15,7 +15,8 @@ from scipy.stats import chisquare
 from engine.generator import Generation
 from engine.knobs import KNOBS, STAGE_ORDER, SamplingParams
 from engine.sampler import SamplerContext, draw, learn, run_pipeline
-from engine.stages import ALL, PRESETS, STAGES, repeats
+from engine.rng import uniform
+from engine.stages import ALL, PRESETS, STAGES, XTC_STREAM, Said
 from tests.fakes import EOS, fake_lm, fixed
 
 INF = float("inf")
@@ -94,7 +95,7 @@ def test_xtc_acts_only_when_its_coin_says_so_and_the_coin_is_the_rows_own():
                             torch.zeros(64, 4), coords=[(3, 0, p) for p in range(64)])
     fired = (~torch.isfinite(STAGES["xtc"](x, ctx))).any(dim=-1)
     assert 10 < int(fired.sum()) < 54  # about half
-    assert ctx.notes["xtc_fired"].tolist() == fired.double().tolist()
+    assert ctx.notes["xtc_coin"].tolist() == fired.double().tolist()  # all four tokens reach 0.09
     again = SamplerContext.of(SamplingParams.build(xtc_probability=0.5, xtc_threshold=0.09), torch.zeros(1, 4, dtype=torch.bool),
                               torch.zeros(1, 4), coords=[(3, 0, 17)])
     assert bool((~torch.isfinite(STAGES["xtc"](x[:1], again))).any()) == bool(fired[17])
@@ -104,33 +105,36 @@ def test_xtc_above_half_is_off():
     assert not STAGES["xtc"].on(SamplingParams.build(xtc_probability=1.0, xtc_threshold=0.6), 10)
 
 
-# --- DRY ------------------------------------------------------------------------------------------
+def test_xtc_with_probability_zero_never_fires_even_when_its_uniform_is_exactly_zero(monkeypatch):
+    # llama.cpp returns before its coin when the probability is <= 0; 0 <= 0 must not fire beside a row where XTC is on.
+    monkeypatch.setattr("engine.stages.uniform", lambda *coords: 0.0)
+    x = probs(0.4, 0.3, 0.2, 0.1).expand(2, 4)
+    params = [SamplingParams.build(xtc_probability=0.0, xtc_threshold=0.09), SamplingParams.build(xtc_probability=1.0, xtc_threshold=0.09)]
+    out = STAGES["xtc"](x, SamplerContext.of(params, torch.zeros(2, 4, dtype=torch.bool), torch.zeros(2, 4)))
+    assert torch.equal(out[0], x[0]) and torch.isfinite(out[1]).tolist() == [False, False, False, True]
 
 
-@pytest.mark.parametrize("p, history, expected, multiplier, allowed, breakers", [
-    # llama.cpp test_dry cases: (probs, last tokens, expected probs, multiplier, base 1.1, allowed length, breakers)
-    ([0.25] * 4, [0, 1], [0.25] * 4, 1.0, 2, []),
-    ([0.25] * 4, [0, 1, 2, 0, 1], [0.296923, 0.296923, 0.109232, 0.296923], 1.0, 2, []),
-    ([0.2] * 5, [0, 1, 3, 4, 0, 1], [0.2] * 5, 1.0, 2, [3]),
-    ([0.2] * 5, [0, 1, 2, 0, 1], [0.241818, 0.241818, 0.032727, 0.241818, 0.241818], 2.0, 2, []),
-    ([0.2] * 5, [0, 1, 2, 3, 4, 0, 1], [0.2] * 5, 1.0, 4, []),
-])
-def test_dry_matches_llama_cpp(p, history, expected, multiplier, allowed, breakers):
-    got = final("dry", probs(*p), history=[history], breakers=[frozenset(breakers)], dry_multiplier=multiplier,
-                dry_base=1.1, dry_allowed_length=allowed)
-    assert got == pytest.approx(expected, abs=1e-6)
+def xtc_sentence(ctx: SamplerContext, params: SamplingParams) -> str:
+    notes = {name: v for name, values in ctx.notes.items() if (v := float(values[0])) == v}
+    cur = {"name": "xtc", "probs": [0.4, 0.3, 0.2, 0.1], "entropy": 1.28, "kept": 4, "removed_mass": 0.0}
+    return ALL["xtc"].describe(Said(cur, cur, {"notes": notes, "candidates": [0, 1, 2, 3]}, {}, params))
 
 
-def test_dry_finds_the_longest_repeat_each_next_token_would_continue():
-    # The example in llama.cpp's DRY source: "a b c c b c y a b c", repeat counts 0 0 3 1 0 2 0 0 0 0, so c
-    # (after the first "a b c") continues a 3-token repeat, y one of 2 ("b c"), b one of 1 ("c").
-    a, b, c, y = 1, 2, 3, 4
-    assert repeats([a, b, c, c, b, c, y, a, b, c], frozenset()) == {c: 3, y: 2, b: 1}
+def test_xtc_says_the_coin_said_yes_when_too_few_tokens_reached_the_threshold():
+    params = SamplingParams.build(xtc_probability=1.0, xtc_threshold=0.39)  # only 0.4 reaches it
+    ctx = SamplerContext.of(params, torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 4))
+    STAGES["xtc"](probs(0.4, 0.3, 0.2, 0.1), ctx)
+    assert ctx.notes["xtc_coin"].tolist() == [1.0] and ctx.notes["xtc_reached"].tolist() == [1.0]
+    assert xtc_sentence(ctx, params).endswith("removed nothing here: its coin said yes, but only 1 token reached the threshold.")
 
 
-def test_dry_growth_is_clamped_as_llama_cpp_clamps_it():
-    got = after("dry", probs(0.5, 0.5), history=[[0, 1] * 300 + [0]], breakers=[frozenset()], dry_multiplier=5.0, dry_base=3.0)
-    assert torch.isfinite(got).all() and got[0, 1] < -1e37
+def test_xtc_says_its_coin_said_no_only_when_it_did():
+    params = SamplingParams.build(xtc_probability=0.5, xtc_threshold=0.09)
+    coords = next([(3, 0, p)] for p in range(64) if uniform(3, 0, p, XTC_STREAM) > 0.5)
+    ctx = SamplerContext.of(params, torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 4), coords=coords)
+    STAGES["xtc"](probs(0.4, 0.3, 0.2, 0.1), ctx)
+    assert ctx.notes["xtc_coin"].tolist() == [0.0] and ctx.notes["xtc_reached"].tolist() == [4.0]
+    assert xtc_sentence(ctx, params).endswith("removed nothing here: its coin said no.")
 
 
 # --- mirostat ------------------------------------------------------------------------------------
@@ -167,27 +171,6 @@ def test_mirostat_mu_follows_each_completion_across_steps():
     assert len({tuple(s.notes["mirostat_mu"] for s in c) for c in gen.completions}) == 3  # each its own
 
 
-def test_dry_penalises_the_token_that_would_continue_a_repeat_in_the_generation():
-    letters = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdef"]
-    # The model loves to go on with whatever followed the last token before: an endless loop of 2 3 4.
-    def loop(history):
-        out = torch.full((8,), -5.0)
-        out[{1: 2, 2: 3, 3: 4, 4: 2}.get(history[-1], 5)] = 5.0
-        return out
-
-    lm = fake_lm(loop, letters)
-    plain = Generation(lm, [1], SamplingParams.build(temperature=0, max_tokens=9))
-    dry = Generation(lm, [1], SamplingParams.build(temperature=0, max_tokens=9, dry_multiplier=20.0, dry_allowed_length=2))
-    for gen in (plain, dry):
-        for _ in gen:
-            pass
-    assert [s.token_id for s in plain.completions[0]] == [2, 3, 4] * 3
-    broken = [s.token_id for s in dry.completions[0]]
-    # After "2 3 4 2 3", a 4 would continue the 2-token repeat "2 3" (allowed length 2): DRY pushes it down.
-    assert broken[:5] == [2, 3, 4, 2, 3] and broken[5] != 4
-    assert dry.completions[0][5].stage_probs[dry.stages.index("dry")].max() < 0.99
-
-
 # --- dynamic temperature ---------------------------------------------------------------------------
 
 
@@ -204,6 +187,17 @@ def test_dynamic_temperature_follows_the_entropy(t, d, exponent, used, expected)
     out = STAGES["temperature"](x, ctx)
     assert torch.softmax(out.double(), dim=-1)[0].tolist() == pytest.approx(expected, abs=1e-5)
     assert ctx.notes["temperature_used"].tolist() == pytest.approx([used], abs=1e-5)
+
+
+def test_a_greedy_row_reports_no_dynamic_temperature_alone_or_beside_a_dynamic_row():
+    x = probs(0.1, 0.2, 0.3, 0.4).expand(2, 4)
+    greedy, dynamic = SamplingParams.build(temperature=0.0, dynatemp_range=0.5), SamplingParams.build(dynatemp_range=0.5)
+    pair = SamplerContext.of([greedy, dynamic], torch.zeros(2, 4, dtype=torch.bool), torch.zeros(2, 4))
+    alone = SamplerContext.of(greedy, torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 4))
+    assert torch.isfinite(STAGES["temperature"](x, pair)).tolist()[0] == [False, False, False, True]
+    STAGES["temperature"](x[:1], alone)
+    assert math.isnan(pair.notes["temperature_used"][0]) and math.isfinite(pair.notes["temperature_used"][1])
+    assert math.isnan(alone.notes["temperature_used"][0])
 
 
 def test_dynamic_temperature_leaves_a_single_survivor_alone():
