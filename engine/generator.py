@@ -26,11 +26,11 @@ import torch
 from engine.batch import Batch, Prefill
 from engine.constraints import Grammar
 from engine.detok import IncrementalDecoder
+from engine.dry import DryHistory, dry_breakers, uses_dry
 from engine.knobs import ParamError, SamplingParams
 from engine.model import LoadedModel
 from engine.reasoning import Thinking
 from engine.rows import RowState
-from engine.stages import dry_breakers
 from engine.trace import Step
 from engine.whatif import Snapshot
 
@@ -79,7 +79,9 @@ class Generation:
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.max_tokens = self._fit_length()
         self._check_bias()
-        self.dry_breakers = dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if params.dry_multiplier > 0 else frozenset()
+        self.dry_breakers = dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if uses_dry(params) else frozenset()
+        # DRY's repeat lengths over the prompt and prefix, built once (linear time); each row copies them.
+        self.dry_history = DryHistory(self.prompt_ids + self.prefix_ids, self.dry_breakers) if uses_dry(params) else None
         n = params.n
         self.matchers = grammar.start(lm, n) if grammar is not None else None  # ParamError for a bad grammar
         self.thinks = [thinking.start() for _ in range(n)] if thinking else None
@@ -153,7 +155,7 @@ class Generation:
         return bias
 
     def row_state(self, i: int) -> RowState:
-        history = self.prompt_ids + self.prefix_ids if self.params.dry_multiplier > 0 else None
+        history = self.dry_history.copy() if self.dry_history is not None else None
         return RowState(self.lm.tokenizer, self.lm.eos_ids, self.params.stop, self.thinks[i] if self.thinks else None,
                         self.matchers, i, self.prefix_ids, history, self.memory)
 

@@ -11,16 +11,18 @@ import torch
 
 from engine.constraints import Matchers
 from engine.detok import IncrementalDecoder
+from engine.dry import DryHistory
 from engine.reasoning import ThinkState
 from engine.stops import StopMatcher
 
 
 class RowState:
     def __init__(self, tokenizer, eos_ids: frozenset[int], stops: tuple[str, ...], think: ThinkState | None,
-                 grammar: Matchers | None, index: int, prefix_ids: list[int] = (), history: list[int] | None = None,
+                 grammar: Matchers | None, index: int, prefix_ids: list[int] = (), history: DryHistory | None = None,
                  memory: dict | None = None):
-        """history: the prompt and prefix ids, for stages that read the whole text (DRY); None when no stage
-        does. memory: what stateful stages keep between steps (mirostat's mu), to continue from."""
+        """history: the prompt and prefix ids with DRY's repeat lengths (engine/dry.py), appended to as the
+        row draws; None when DRY is off. memory: what stateful stages keep between steps (mirostat's mu), to
+        continue from."""
         self.eos_ids = eos_ids
         self.history = history
         self.memory = dict(memory or {})

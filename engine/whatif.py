@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from engine.context import SamplerContext
+from engine.dry import dry_breakers, uses_dry
 from engine.rng import uniform
 from engine.sampler import draw, learn, run_pipeline
-from engine.stages import dry_breakers
 from engine.trace import Step, record
 
 # The stages that push down tokens for having occurred: what the penalty ledger itemises.
@@ -124,8 +124,8 @@ def resample(
     allowed = snap.allowed[None].to(dev) if constrained and snap.allowed is not None else None
     ctx = SamplerContext.of(
         params, seen, counts, bias, allowed,
-        history=[history if params.dry_multiplier > 0 else None],
-        breakers=[dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if params.dry_multiplier > 0 else frozenset()],
+        history=[history if uses_dry(params) else None],
+        breakers=[dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if uses_dry(params) else frozenset()],
         memory=[dict(memory or {})], coords=[tuple(coords)],
     )
     stages = run_pipeline(snap.logits.to(dev)[None], ctx, constrained)

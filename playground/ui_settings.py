@@ -26,7 +26,8 @@ GROUP_TITLES = {
 }
 # Slider ends for knobs whose range is unbounded or too wide to be useful on a slider; the API takes more.
 UI_MAX = {"top_k": 200, "n": 8, "dynatemp_range": 2.0, "dynatemp_exponent": 5.0, "top_n_sigma": 5.0,
-          "dry_multiplier": 5.0, "dry_base": 4.0, "dry_allowed_length": 20, "mirostat_tau": 10.0}
+          "dry_multiplier": 5.0, "dry_base": 4.0, "dry_allowed_length": 20, "dry_penalty_last_n": 8192,
+          "mirostat_tau": 10.0}
 TOOL_CHOICES = ("none", "auto", "required")
 
 # The engines' own default orders (engine/stages.py), for the sampler_order control and for Replay.
