@@ -45,12 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def configure_threads(args: argparse.Namespace) -> str:
     """Fix the process's intra-op thread count, before any tensor work; returns the line to print."""
-    from engine.threads import current_threads, default_threads, set_threads, usable_cores
+    from engine.threads import current_threads, default_threads, set_threads, usable_cores, wait_policy
 
+    cores = usable_cores()
     if args.threads is None:
-        n, why = default_threads(usable_cores())
+        n, why = default_threads(cores)
     else:
-        n, why = args.threads, "set by --threads or PLAYGROUND_THREADS"
+        n, why = args.threads, f"set by --threads or PLAYGROUND_THREADS, of {cores} cores"
+    # libgomp reads its wait policy once, when torch loads it: this must come before torch's import.
+    if (policy := wait_policy(n, cores)) and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = policy
     set_threads(n)
     return f"threads: {current_threads()} ({why}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
 

@@ -5,11 +5,16 @@ the order of float reductions, and with it the low bits of the logits: a seed gi
 at the same count. So the count is set once, before the model loads, for the life of the process (never
 per step or per batch size), and it is part of the run's system_fingerprint (playground/api_format.py).
 
-Measured with bench/bench_threads.py (the real /v1 API; see the README's table): an OpenMP parallel
-region waits for its slowest thread, so on a machine where anything else wants a core (the UI's and
-HTTP's Python work in the same process, a browser, another program) a thread that gets descheduled
-stalls every op. On 2 cores one thread decodes about as fast as two when the machine is quiet and
-several times faster when one core is busy. So the default leaves one core free for the rest.
+Measured (bench/bench_threads.py through /v1 here; the engine alone on a quiet 16-core Xeon pinned to
+2, 4 and 8 cores with taskset; the README has the tables): an OpenMP parallel region waits for its slowest
+thread, and libgomp's threads spin while they wait. When the intra-op threads take every core and anything
+else wants one (the UI's and HTTP's Python work in the same process, a browser, another program), a
+descheduled thread stalls every op and the spinning ones steal the core back from the work they wait for:
+2 threads on 2 cores with one core busy decoded 0.4 tokens/s against 12.6 for one thread (float32, n = 1).
+With one core left free, the busy core costs nothing (4 cores, 3 threads: 24.9 quiet, 27.4 busy).
+So the default leaves one core free, and OMP_WAIT_POLICY stays libgomp's own (spin, then sleep), which
+was 1.2-1.3x faster than passive there. Only when the threads take every core (--threads at the core
+count) does app.py ask for passive waiting, which held 11.7 tokens/s in the busy case above.
 
 torch.set_num_threads on the main thread is enough: every thread that later runs a parallel op (the
 scheduler's decode thread, started anew after each idle spell) initialises its OpenMP pool from it.
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import os
 
-MAX_DEFAULT = 8  # decoding a small model is memory-bound: past a few threads, more only add waiting
+# Decoding a small model is memory-bound: 7 threads were only 1.14x faster than 3 at n = 1 (8 cores).
+# Not measured past 8.
+MAX_DEFAULT = 8
 
 
 def usable_cores() -> int:
@@ -40,6 +47,11 @@ def default_threads(cores: int) -> tuple[int, str]:
     if cores - 1 > MAX_DEFAULT:
         why += f"; at most {MAX_DEFAULT}, as decoding is memory-bound"
     return n, why
+
+
+def wait_policy(threads: int, cores: int) -> str | None:
+    """The OMP_WAIT_POLICY to set before torch loads libgomp, or None for libgomp's own."""
+    return "PASSIVE" if threads >= cores > 1 else None
 
 
 def set_threads(n: int) -> None:

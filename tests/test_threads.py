@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 import app
-from engine.threads import MAX_DEFAULT, default_threads
+from engine.threads import MAX_DEFAULT, default_threads, usable_cores, wait_policy
 from tests.serving import ROOT
 
 # A process as app.main starts it: the flag sets the count, then the fingerprint is read on the main
 # thread and on a thread started afterwards (as the scheduler's decode thread and request threads are).
 PROCESS = """
-import json, sys, threading, types
+import json, os, sys, threading, types
 import app
 app.configure_threads(app.parse_args(sys.argv[1:]))
 from playground.api_format import fingerprint
@@ -24,15 +25,15 @@ lm = types.SimpleNamespace(name="m", dtype="torch.float32", device="cpu")
 later = {}
 worker = threading.Thread(target=lambda: later.update(threads=current_threads(), fingerprint=fingerprint(lm)))
 worker.start(); worker.join()
-print(json.dumps({"fingerprint": fingerprint(lm), "later": later}))
+print(json.dumps({"fingerprint": fingerprint(lm), "later": later, "wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
 """
 
 
-def in_processes(*arg_lists: list[str]) -> list[dict]:
+def in_processes(*arg_lists: list[str], env: dict | None = None) -> list[dict]:
     """One process per argument list, started together (the fingerprint hashes the engine's source as
     each process finds it, so they should read the same one)."""
     procs = [subprocess.Popen([sys.executable, "-c", PROCESS, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in arg_lists]
+                              stderr=subprocess.PIPE, text=True, env=env) for args in arg_lists]
     outs = [proc.communicate(timeout=120) for proc in procs]
     for proc, (_, err) in zip(procs, outs):
         assert proc.returncode == 0, err
@@ -50,6 +51,24 @@ def test_many_cores_get_at_most_the_cap():
 
 def test_the_default_says_why():
     assert "2 cores" in default_threads(2)[1]
+
+
+def test_threads_on_every_core_wait_passively_and_with_a_core_free_spin():
+    assert wait_policy(threads=2, cores=2) == "PASSIVE"
+    assert wait_policy(threads=1, cores=2) is None  # libgomp's own: spin a while, then sleep
+
+
+def test_a_process_whose_threads_take_every_core_waits_passively():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    every_core, one_free = str(usable_cores()), str(max(usable_cores() - 1, 1))
+    taking_all, leaving_one = in_processes(["--threads", every_core], ["--threads", one_free], env=env)
+    assert taking_all["wait_policy"] == ("PASSIVE" if usable_cores() > 1 else None)
+    assert leaving_one["wait_policy"] is None
+
+
+def test_a_wait_policy_the_user_set_is_kept():
+    [process] = in_processes(["--threads", str(usable_cores())], env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert process["wait_policy"] == "ACTIVE"
 
 
 def test_threads_come_from_the_flag_or_the_environment(monkeypatch):
