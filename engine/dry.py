@@ -6,8 +6,9 @@ of them, 0: DRY is off). For every earlier place i, the repeat that ends there i
 suffix of the text up to i and the whole text, stopping at a sequence breaker (newline, colon, quote,
 asterisk by default). The token that followed place i would continue that repeat; if the repeat is at
 least `dry_allowed_length` tokens long, that token's logit loses dry_multiplier * dry_base ** (length -
-dry_allowed_length), the largest such penalty per token, clamped as llama.cpp clamps it. A breaker is never
-pushed down itself. Reference cases: llama.cpp tests/test-sampling.cpp test_dry.
+dry_allowed_length), the largest such penalty per token, clamped as llama.cpp clamps it (a logit already
+near float32's lower limit saturates there instead of reaching -inf). A breaker is never pushed down
+itself. Reference cases: llama.cpp tests/test-sampling.cpp test_dry.
 
 How. llama.cpp runs the Z-algorithm over the reversed last N tokens at every step: linear, but in Python
 that is a few thousand interpreted steps per row per step. Here each row keeps the repeat lengths
@@ -35,9 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from engine.context import SamplerContext
+from engine.context import FLOAT32_MAX, SamplerContext, saturate
 
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 FLOAT32_MAX_LOG = 88.7228391  # llama.cpp's FLOAT_MAX_LOG: log(FLT_MAX), for the exponent's clamp
 
 
@@ -152,7 +152,9 @@ def dry(logits: torch.Tensor, ctx: SamplerContext) -> torch.Tensor:
         per_token = torch.tensor(values, dtype=torch.float64)[torch.from_numpy(which.reshape(-1))]  # (K',)
         dev = logits.device
         row, token = torch.from_numpy(row).to(dev), torch.from_numpy(token).to(dev)
-        out[row, token] = logits[row, token] - per_token.to(dev, torch.float32)  # the float32 subtraction
+        before = logits[row, token]  # (K',)
+        # The float32 subtraction; a logit already near -FLOAT32_MAX saturates there rather than reach -inf.
+        out[row, token] = saturate(before - per_token.to(dev, torch.float32), before)
     return out
 
 

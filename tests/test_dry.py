@@ -75,6 +75,12 @@ def test_dry_growth_is_clamped_as_llama_cpp_clamps_it():
     assert torch.isfinite(got).all() and got[0, 1] < -1e37
 
 
+def test_a_logit_already_at_float32s_limit_saturates_there_and_is_not_removed():
+    x = torch.tensor([[0.0, -torch.finfo(torch.float32).max, 0.0]])
+    got = dry(x, [([0, 1, 2, 0], [], dict(dry_multiplier=1e38, dry_allowed_length=1))])  # 1 would repeat "0"
+    assert got[0, 1] == -torch.finfo(torch.float32).max and got[0, 0] == 0.0 and got[0, 2] == 0.0
+
+
 def test_a_breaker_ends_a_repeat_and_is_never_pushed_down():
     knobs = dict(dry_multiplier=1.0, dry_base=2.0, dry_allowed_length=1)
     # "0 1 5 0 1": the repeat "0 1" would go on with 5, a breaker; "1" alone goes on with 5 too.
