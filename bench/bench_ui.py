@@ -1,0 +1,207 @@
+"""The playground as pages see it: tokens/s in real Chromium pages, 1, 4 and 8 at once, against /v1.
+
+The bench starts the app, opens 8 pages in Debian's chromium (playwright) and runs each once, so every
+page is warm. Then for 1, 4 and 8 pages at once it clears each page's conversation, types the same
+message, clicks Generate in all of them, and records in each page, with a MutationObserver, the time of
+every change to the visible text of #completions. A page's run ends when that text shows a finish reason
+(or, should the UI's wording change, when it has not changed for STALL_S). The UI keeps its default
+capture. The baseline is the same work through /v1 (stream, logprobs, top_logprobs 5, the same seed,
+message and max_tokens) from as many clients at once.
+
+It prints, for each side: tokens/s as seen by the pages or clients (all tokens / time until the last one
+finished), the slowest run's time, the server's CPU seconds per generated token (utime + stime of the
+server process from /proc, before and after), and for pages the longest gap between two visible updates
+of any page while its run was going. Then the ratios the issue's targets need. Asserts nothing about time.
+
+    .venv/bin/python bench/bench_ui.py [--pages 1,4,8] [--tokens 40] [--seed 7] [--threads N]
+
+Selectors: #generate, #clear, #message, #knob-max_tokens, #knob-seed (elem_ids) and #completions' text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import openai  # noqa: E402
+
+from tests.browser import ARGS, CHROMIUM, fill  # noqa: E402
+from tests.serving import start_server  # noqa: E402
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MESSAGE = "Write a short story about a robot who learns to paint."
+STALL_S = 8.0  # no visible change for this long after the run began: treat it as finished
+TIMEOUT_S = 900.0
+# Background tabs get their timers and rendering throttled; every page here must run as if in front.
+BROWSER_ARGS = [*ARGS, "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows"]
+FINISHED = re.compile(r"\b(length|stop|eos|tool_calls)\b")  # the finish reasons the UI shows
+RUNNING = re.compile(r"generating|waiting", re.I)
+TOKENS = re.compile(r"(\d+)\s+tokens")
+
+# Installed in a page before each measured run: the time of every change to #completions' text.
+WATCH_JS = """() => {
+  if (window.__watch) window.__watch.disconnect();
+  const read = () => (document.querySelector('#completions') || {innerText: ''}).innerText;
+  window.__changes = [];
+  let last = read();
+  window.__watch = new MutationObserver(() => {
+    const now = read();
+    if (now !== last) { last = now; window.__changes.push([Date.now(), now]); }
+  });
+  window.__watch.observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+CLICK_JS = "() => { window.__changes = []; window.__clicked = Date.now(); document.querySelector('#generate').click(); }"
+
+
+def server_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, fields 14 and 15
+
+
+def page_state(page) -> dict:
+    return page.evaluate("() => ({clicked: window.__clicked, changes: window.__changes || []})")
+
+
+def finished(text: str) -> bool:
+    return bool(FINISHED.search(text)) and not RUNNING.search(text)
+
+
+def page_done(state: dict, now_ms: float) -> bool:
+    """Finished once the text showed the run going and then a finish reason (the same seed ends in the
+    same text as the warm-up run, so a finished text alone may be the last run's), or stalled."""
+    changes = state["changes"]
+    if not changes:
+        return False
+    went = any(not finished(text) for _, text in changes)
+    return (went and finished(changes[-1][1])) or now_ms - changes[-1][0] > STALL_S * 1000
+
+
+def page_result(state: dict) -> dict:
+    changes = state["changes"]
+    times = [t for t, _ in changes]
+    counts = [int(m.group(1)) for _, text in changes if (m := TOKENS.search(text))]
+    return {"start": state["clicked"] / 1000, "end": times[-1] / 1000, "first": (times[0] - state["clicked"]) / 1000,
+            "tokens": counts[-1] if counts else 0,
+            "gap": max((b - a for a, b in zip(times, times[1:])), default=0) / 1000, "updates": len(times)}
+
+
+def prepare(page, tokens: int, seed: int) -> None:
+    page.click("#clear")
+    fill(page, "message", MESSAGE)
+    fill(page, "knob-max_tokens", str(tokens))
+    fill(page, "knob-seed", str(seed))
+    page.wait_for_timeout(300)  # let the change events reach the server before the click
+
+
+def run_pages(pages: list, tokens: int, seed: int, pid: int) -> dict:
+    for page in pages:
+        prepare(page, tokens, seed)
+        page.evaluate(WATCH_JS)
+    cpu = server_cpu_s(pid)
+    for page in pages:
+        page.evaluate(CLICK_JS)
+    deadline = time.time() + TIMEOUT_S
+    states = [None] * len(pages)
+    while time.time() < deadline:
+        states = [page_state(p) for p in pages]
+        if all(page_done(s, time.time() * 1000) for s in states):
+            break
+        time.sleep(0.2)
+    else:
+        raise RuntimeError("pages did not finish within the timeout")
+    cpu = server_cpu_s(pid) - cpu
+    runs = [page_result(s) for s in states]
+    start, end = min(r["start"] for r in runs), max(r["end"] for r in runs)
+    total = sum(r["tokens"] for r in runs)
+    return {"tok_s": total / (end - start), "wall": end - start, "tokens": total, "cpu_per_tok": cpu / max(total, 1),
+            "gap": max(r["gap"] for r in runs), "first": max(r["first"] for r in runs),
+            "updates": statistics.mean(r["updates"] for r in runs)}
+
+
+def one_client(client: openai.OpenAI, tokens: int, seed: int) -> int:
+    count = 0
+    chunks = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": MESSAGE}],
+                                            max_tokens=tokens, seed=seed, stream=True, logprobs=True, top_logprobs=5)
+    for chunk in chunks:
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                count += len(c.logprobs.content)
+    return count
+
+
+def run_clients(url: str, clients: int, tokens: int, seed: int, pid: int) -> dict:
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+    cpu, start = server_cpu_s(pid), time.time()
+    with ThreadPoolExecutor(clients) as pool:
+        counts = list(pool.map(lambda _: one_client(client, tokens, seed), range(clients)))
+    wall, cpu = time.time() - start, server_cpu_s(pid) - cpu
+    return {"tok_s": sum(counts) / wall, "wall": wall, "tokens": sum(counts), "cpu_per_tok": cpu / max(sum(counts), 1)}
+
+
+def main() -> None:
+    from playwright import sync_api
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pages", default="1,4,8", help="pages (and /v1 clients) at once")
+    ap.add_argument("--tokens", type=int, default=40, help="max_tokens of every run")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--threads", default=None, help="the server's --threads (default: the app's own)")
+    args = ap.parse_args()
+    counts = [int(c) for c in args.pages.split(",")]
+    flags = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()
+                    if f in ("avx2", "avx512f", "avx512_bf16")})
+    with start_server(*(["--threads", args.threads] if args.threads else [])) as server:
+        threads = next((line for line in server.log.read_text().splitlines() if line.startswith("threads:")), "threads: ?")
+        print(f"{os.cpu_count()} cores, CPU flags {' '.join(flags)}; server {threads.split(' (')[0]}; "
+              f"{args.tokens} tokens per run, seed {args.seed}", flush=True)
+        pid = server.proc.pid
+        one_client(openai.OpenAI(base_url=server.api, api_key="unused"), 4, args.seed)  # the server's warm-up
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            pages = []
+            for _ in range(max(counts)):
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(server.url)
+                page.wait_for_selector("#generate")
+                pages.append(page)
+            run_pages(pages, args.tokens, args.seed, pid)  # every page warm: it has run once
+            print(f"{'at once':>7} | {'UI tok/s':>8} {'wall s':>7} {'cpu s/tok':>9} {'max gap s':>9} {'1st s':>6} "
+                  f"{'updates':>7} | {'API tok/s':>9} {'wall s':>7} {'cpu s/tok':>9}", flush=True)
+            results = {}
+            for n in counts:
+                ui = run_pages(pages[:n], args.tokens, args.seed, pid)
+                api = run_clients(server.api, n, args.tokens, args.seed, pid)
+                results[n] = ui, api
+                print(f"{n:>7} | {ui['tok_s']:>8.1f} {ui['wall']:>7.2f} {ui['cpu_per_tok']:>9.4f} {ui['gap']:>9.2f} "
+                      f"{ui['first']:>6.2f} {ui['updates']:>7.0f} | {api['tok_s']:>9.1f} {api['wall']:>7.2f} "
+                      f"{api['cpu_per_tok']:>9.4f}", flush=True)
+                if ui["tokens"] != api["tokens"]:
+                    print(f"        note: pages made {ui['tokens']} tokens, clients {api['tokens']}")
+            browser.close()
+    print("\nratios (the issue's targets in brackets):")
+    if 1 in results:
+        ui, api = results[1]
+        print(f"  one page / one /v1 client, tokens/s:      {ui['tok_s'] / api['tok_s']:.2f}  [>= 0.8]")
+    for n in (4, 8):
+        if n in results:
+            ui, api = results[n]
+            print(f"  {n} pages / {n} /v1 clients, time:          {ui['wall'] / api['wall']:.2f}  [<= 1.3]")
+    for n, (ui, api) in results.items():
+        print(f"  CPU s/token, UI / API, {n} at once:         {ui['cpu_per_tok'] / api['cpu_per_tok']:.2f}  [<= 1.3]")
+    if 1 in results and 4 in results:
+        print(f"  4 pages / 1 page, time:                   {results[4][0]['wall'] / results[1][0]['wall']:.2f}  [<= 2.5]")
+    if max(counts) in results:
+        print(f"  longest gap between visible updates, {max(counts)} pages: {results[max(counts)][0]['gap']:.2f} s  [< 0.5]")
+
+
+if __name__ == "__main__":
+    main()
