@@ -10,12 +10,15 @@ advance and works with any model whose layers are plain full-attention layers; m
 layers (sliding windows, linear attention) still run, one job at a time.
 
 Everything per row (knobs, history, grammar, random numbers) follows the row, so a row's tokens do not
-depend on which other rows share its batch.
+depend on which other rows share its batch. That is also what contains a fault: when sampling a group of
+rows raises, each job of the group is sampled again on its own; a job that fails alone ends with its
+error, and the others keep exactly the tokens they draw alone (`sample` returns the failed jobs).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,7 +30,7 @@ from engine import attention
 from engine.model import LoadedModel
 from engine.rng import uniform
 from engine.rows import RowState
-from engine.sampler import RowKnobs, SamplerContext, draw, learn, run_pipeline
+from engine.sampler import STAGES, RowKnobs, SamplerContext, draw, learn, run_pipeline
 from engine.trace import Step, record
 from engine.whatif import Snapshot
 
@@ -35,6 +38,11 @@ if TYPE_CHECKING:
     from engine.generator import Generation
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass while a job joins: long prompts cannot stall others
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLogits(ArithmeticError):
+    """A row's final logits hold NaN or +inf, or no finite value at all: no token can be drawn from them."""
 
 
 @dataclass
@@ -53,8 +61,8 @@ class _Group:
     constrained: bool
     members: list[int]  # batch rows
     index: torch.Tensor | None  # the same as a tensor; None when the group is the whole batch
-    knobs: RowKnobs
-    record_k: list[int]
+    params: list  # each member's SamplingParams
+    knobs: RowKnobs | None = None  # built at the group's first draw (a knob that cannot be built fails there)
 
 
 class Prefill:
@@ -143,6 +151,7 @@ class Batch:
                 for i in range(n)]
         logits = logits.expand(n, V)
         bias = job.dense_bias()
+        # Everything above reads only the job; below, the batch changes (a job that cannot join leaves it as it was).
         self._lengths += [L] * n
         if not self.rows:
             self.cache, self.mask, self.length, self.logits = cache, mask, length, logits
@@ -218,10 +227,12 @@ class Batch:
     def step(self) -> tuple[dict["Generation", list[Step]], list["Generation"]]:
         """One whole step for rows decoding on their own: stopped jobs leave, the last tokens go through
         the model, every row draws its next token. Returns the steps made for each job and the jobs that
-        ended, stopped ones included."""
+        ended, stopped ones included; raises the error of a job that failed (its rows have left)."""
         ended = self.drop_stopped()
         self.advance()
-        steps, finished = self.sample()
+        steps, finished, failed = self.sample()
+        for error in failed.values():
+            raise error
         return steps, ended + finished
 
     def advance(self) -> None:
@@ -245,11 +256,12 @@ class Batch:
         self._lengths = [n + 1 for n in self._lengths]
         self.logits = out.logits[:, -1, :].float()  # (B, V)
 
-    def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"]]:
+    def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"], dict["Generation", Exception]]:
         """Draw a token for every row, record it, and let finished rows leave. Returns the steps made for
-        each job and the jobs whose completions have all finished."""
+        each job, the jobs whose completions have all finished, and the jobs that failed with their errors
+        (their rows have left; every other row drew what it draws alone)."""
         if not self.rows:
-            return {}, []
+            return {}, [], {}
         B = len(self.rows)
         tokens = torch.empty(B, dtype=torch.long, device=self.lm.device)
         records: list[dict] = [{}] * B
@@ -262,20 +274,30 @@ class Batch:
                 at = len(row.job.prefix_ids) - len(row.forced)
                 row.job.snapshots[at] = Snapshot(self.logits[b].detach().float().cpu().clone(), None)
             tokens[b] = row.forced.pop(0)
+        failed: dict["Generation", Exception] = {}
         for g in self._group_list(feeding):
-            self._sample(g, tokens, records)
+            try:
+                self._sample(g, tokens, records)
+            except Exception as error:
+                failed.update(self._contain(g, tokens, records, error))
 
         steps: dict["Generation", list[Step]] = defaultdict(list)
         keep, drawn = [], []
         for b, (row, token) in enumerate(zip(self.rows, tokens.tolist())):
+            job, i = row.job, row.index
+            if job in failed:
+                continue
             if b in feeding:
                 keep.append(b)
                 continue
-            drawn.append(b)
-            job, i = row.job, row.index
             last = row.position == len(job.prefix_ids) + job.max_tokens - 1
-            text, delta, finish = row.state.feed(token, last)
-            step = Step(index=i, position=row.position, text=text, delta=delta, finish_reason=finish, **records[b])
+            try:
+                text, delta, finish = row.state.feed(token, last)
+                step = Step(index=i, position=row.position, text=text, delta=delta, finish_reason=finish, **records[b])
+            except Exception as error:  # recording this row failed: its job ends, no other
+                failed[job] = error
+                continue
+            drawn.append(b)
             job.completions[i].append(step)
             job.texts[i] += delta
             steps[job].append(step)
@@ -284,6 +306,11 @@ class Batch:
                 job.finish_reasons[i] = finish
             else:
                 keep.append(b)
+        if failed:  # a job that failed on a later row leaves with every row
+            keep = [b for b in keep if self.rows[b].job not in failed]
+            drawn = [b for b in drawn if self.rows[b].job not in failed]
+            for job in failed:
+                steps.pop(job, None)
         # The prefix is already in seen and counts (join): only drawn tokens are new history.
         drawn_rows = torch.tensor(drawn, dtype=torch.long, device=self.lm.device)
         self.seen[drawn_rows, tokens[drawn_rows]] = True
@@ -292,7 +319,7 @@ class Batch:
         self._keep(keep)
         if self.rows:
             self.pending = tokens[keep] if len(keep) < B else tokens
-        return dict(steps), [job for job in steps if job.done]
+        return dict(steps), [job for job in steps if job.done], failed
 
     def _group_list(self, feeding: list[int]) -> list[_Group]:
         """The rows that draw this step, grouped by pipeline; cached while no row is feeding a prefix."""
@@ -301,41 +328,74 @@ class Batch:
             for b, row in enumerate(self.rows):
                 if b not in feeding:
                     by_key[row.job.constrained, row.job.params.sampler_order].append(b)
-            groups = []
-            for (constrained, _), members in by_key.items():
-                params = [self.rows[b].job.params for b in members]
-                index = None if len(members) == len(self.rows) else torch.tensor(members, device=self.lm.device)
-                knobs = RowKnobs.of(params, self.lm.vocab_size, self.lm.device)
-                groups.append(_Group(constrained, members, index, knobs, [p.record_k for p in params]))
-            self._groups = groups
+            dev = self.lm.device
+            self._groups = [
+                _Group(constrained, members, None if len(members) == len(self.rows) else torch.tensor(members, device=dev),
+                       [self.rows[b].job.params for b in members])
+                for (constrained, _), members in by_key.items()
+            ]
         self._fed_last = bool(feeding)
         return self._groups
 
+    def _contain(self, g: _Group, tokens: torch.Tensor, records: list[dict], error: Exception) -> dict["Generation", Exception]:
+        """Sampling group `g` raised `error`: sample each of its jobs on its own. A job that fails alone
+        is a culprit (returned with its error); the others' tokens and records are what they draw alone,
+        which is what they would have drawn in the group."""
+        by_job: dict["Generation", list[int]] = defaultdict(list)
+        for b in g.members:
+            by_job[self.rows[b].job].append(b)
+        if len(by_job) == 1:
+            return {job: error for job in by_job}
+        failed = {}
+        for job, members in by_job.items():
+            alone = _Group(g.constrained, members, torch.tensor(members, device=self.lm.device), [job.params] * len(members))
+            try:
+                self._sample(alone, tokens, records)
+            except Exception as e:
+                failed[job] = e
+        if not failed:  # every job draws alone: only their sharing a pipeline failed (a bug in a stage)
+            log.error("sampling %d jobs together failed where each alone did not", len(by_job), exc_info=error)
+        return failed
+
     def _sample(self, g: _Group, tokens: torch.Tensor, records: list[dict]) -> None:
+        """Draw and record the rows of group `g`. A row whose final logits cannot be drawn from raises
+        NonFiniteLogits. On any error the rows' stage memory is as it was, so a retry starts clean."""
         def rows_of(t: torch.Tensor | None) -> torch.Tensor | None:
             return t if t is None or g.index is None else t[g.index]
 
         rows = [self.rows[b] for b in g.members]
-        allowed = self._allowed(rows) if g.constrained else None
-        order = rows[0].job.params.sampler_order
-        coords = [(r.job.seed, r.job.first_index + r.index, r.position) for r in rows]
-        ctx = SamplerContext(g.knobs, order, rows_of(self.seen), rows_of(self.counts), rows_of(self.bias), allowed,
-                             history=[r.state.history for r in rows], breakers=[r.job.dry_breakers for r in rows],
-                             memory=[r.state.memory for r in rows], coords=coords)
-        stages = run_pipeline(rows_of(self.logits), ctx, g.constrained)
-        for i, r in enumerate(rows):
-            if r.job.capture and r.index == 0:
-                mask = None if allowed is None else allowed[i].cpu().clone()
-                r.job.snapshots[r.position] = Snapshot(stages[0][1][i].detach().float().cpu().clone(), mask)
-        u = torch.tensor([uniform(*c) for c in coords], dtype=torch.float64)
-        chosen, landing = draw(stages[-1][1], u, g.knobs.greedy)
-        learn(stages, ctx, chosen)
+        memory = [r.state.memory for r in rows]
+        saved = [dict(m) for m in memory]  # stateful stages write their memory in place (mirostat's mu)
+        try:
+            if g.knobs is None:
+                g.knobs = RowKnobs.of(g.params, self.lm.vocab_size, self.lm.device)
+            allowed = self._allowed(rows) if g.constrained else None
+            order = rows[0].job.params.sampler_order
+            coords = [(r.job.seed, r.job.first_index + r.index, r.position) for r in rows]
+            ctx = SamplerContext(g.knobs, order, rows_of(self.seen), rows_of(self.counts), rows_of(self.bias), allowed,
+                                 history=[r.state.history for r in rows], breakers=[r.job.dry_breakers for r in rows],
+                                 memory=memory, coords=coords)
+            stages = run_pipeline(rows_of(self.logits), ctx, g.constrained)
+            _check_finite(stages, rows)
+            for i, r in enumerate(rows):
+                if r.job.capture and r.index == 0:
+                    mask = None if allowed is None else allowed[i].cpu().clone()
+                    r.job.snapshots[r.position] = Snapshot(stages[0][1][i].detach().float().cpu().clone(), mask)
+            u = torch.tensor([uniform(*c) for c in coords], dtype=torch.float64)
+            chosen, landing = draw(stages[-1][1], u, g.knobs.greedy)
+            learn(stages, ctx, chosen)
+            notes = [{name: v for name, values in ctx.notes.items() if (v := float(values[i])) == v} for i in range(len(rows))]
+            made = record(stages, chosen, landing, [p.record_k for p in g.params])
+        except Exception:
+            for m, before in zip(memory, saved):
+                m.clear()
+                m.update(before)
+            raise
         if g.index is None:
             tokens.copy_(chosen)
         else:
             tokens[g.index] = chosen
-        notes = [{name: v for name, values in ctx.notes.items() if (v := float(values[i])) == v} for i in range(len(rows))]
-        for b, rec, note in zip(g.members, record(stages, chosen, landing, g.record_k), notes):
+        for b, rec, note in zip(g.members, made, notes):
             records[b] = {**rec, "notes": note}
 
     def _allowed(self, rows: list[Row]) -> torch.Tensor | None:
@@ -345,6 +405,30 @@ class Batch:
             return None
         full = torch.ones(V, dtype=torch.bool)
         return torch.stack([full if m is None else m for m in masks]).to(self.lm.device)
+
+
+def _check_finite(stages: list[tuple[str, torch.Tensor]], rows: list[Row]) -> None:
+    """Raise NonFiniteLogits, naming the row and the stage that made it so, when a row's final logits hold
+    NaN or +inf or no finite value: the draw needs finite weights. One reduction per step: a row's max is
+    NaN if any logit is NaN, +inf if any is +inf, and -inf when every token is removed."""
+    top = stages[-1][1].amax(dim=-1)  # (b,)
+    if bool(torch.isfinite(top).all()):
+        return
+    i = int((~torch.isfinite(top)).nonzero()[0, 0])
+    for name, logits in stages:
+        if not bool(torch.isfinite(logits[i].amax())):
+            break
+    row, bad = rows[i], logits[i]
+    what = ("NaN" if bool(bad.isnan().any()) else "+inf" if bool((bad == float("inf")).any())
+            else "-inf for every token (nothing is left to draw)")
+    if name == "raw":
+        where = "the model returned logits that are"
+    else:
+        stage = STAGES.get(name)
+        knobs = ", ".join(k.name for k in stage.knobs) if stage is not None else ""
+        where = f"after the {name} stage{f' ({knobs})' if knobs else ''} the logits were"
+    raise NonFiniteLogits(f"completion {row.index} at position {row.position}: {where} {what}, so no token can be drawn; "
+                          "this request ended, and no other request was affected.")
 
 
 def _pad_left(cache, n: int) -> None:

@@ -8,13 +8,19 @@ Every error, bad input included, answers in OpenAI's shape {"error": {message, t
 without a key, 404 for an unknown model or path, 429 when the queue is full (with Retry-After) or a request
 is larger than the server ever runs. Requests become jobs of the model's scheduler (engine/scheduler.py):
 their rows share one decode loop with every other request and the UI's runs; a request that finds the
-batch full waits in a first-in first-out queue and gets no error, only its answer once admitted. A client
-that disconnects, waiting or generating, is dropped within one step.
+batch full waits in a queue that serves clients in turn and gets no error, only its answer once admitted.
+A client is the API key on a server with a key, else the caller's IP address. A client that disconnects,
+waiting or generating, is dropped within one step.
+
+A request that fails while it runs fails alone (the others in its batch go on): 400 naming the parameter
+for a bad value found only then, 500 for a bug. A stream that fails after its first chunk ends with one
+event in the same error shape, then data: [DONE].
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -52,9 +58,20 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
 
+    @property
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
+
+
+def job_error(exc: Exception) -> ApiError:
+    """What a request that failed while it ran gets: a bad value (ParamError) is 400 naming its parameter;
+    anything else is a bug, 500."""
+    if isinstance(exc, ParamError):
+        return ApiError(400, exc.message, param=exc.param, code=exc.code)
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
 
 
 # --- who may call /v1 ---------------------------------------------------------------------------------
@@ -85,6 +102,15 @@ def refusal(settings: ApiSettings, headers: Headers, client_host: str | None) ->
     return None
 
 
+def client_of(settings: ApiSettings, headers: Headers, client_host: str | None) -> str:
+    """Who is asking, for the scheduler's fair shares: the API key on a server with one (checked by
+    V1Guard; only a digest is kept), else the caller's address."""
+    if settings.api_key:
+        token = headers.get("authorization", "").partition(" ")[2].strip()
+        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return f"ip:{client_host}"
+
+
 class V1Guard:
     """ASGI middleware: applies `refusal` to /v1 paths only (the UI is Gradio's business), and before
     the body is read, so a caller without the key learns nothing about its request."""
@@ -107,12 +133,12 @@ class V1Guard:
 class Steps:
     """A job's steps, handed from the decode loop's thread to this event loop as they are made."""
 
-    def __init__(self, scheduler: Scheduler, gen: Generation):
+    def __init__(self, scheduler: Scheduler, gen: Generation, client: str | None = None):
         self.gen = gen
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         try:
-            scheduler.submit(gen, listener=self._put)
+            scheduler.submit(gen, listener=self._put, client=client)
         except Refused as e:
             raise ApiError(429, e.message, type="requests" if e.retry else "tokens", param=e.param,
                            code="rate_limit_exceeded", headers={"Retry-After": "1"} if e.retry else None) from None
@@ -183,7 +209,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ParamError)
     async def _param_error(request, exc: ParamError):
-        return ApiError(400, exc.message, param=exc.param, code=exc.code).response()
+        return job_error(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
@@ -192,7 +218,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request, exc: Exception):
         # Only a bug lands here (bad input is answered above); keep the shape clients parse.
-        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").response()
+        return job_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
@@ -241,7 +267,8 @@ def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
         # Off the event loop: a long prompt's tokenizing or a large JSON schema's grammar takes a while.
         chat, gen = await run_in_threadpool(prepare)
         meta = Meta(chat, gen, bool(body.trace))
-        steps = Steps(host.scheduler(lm.name), gen)
+        client = request.client.host if request.client else None
+        steps = Steps(host.scheduler(lm.name), gen, client_of(settings, request.headers, client))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream(meta, steps, include_usage), media_type="text/event-stream",
@@ -273,8 +300,9 @@ def lookup(host: ModelHost, name: str | None):
 
 async def stream(meta: Meta, steps: Steps, include_usage: bool):
     """Data-only server-sent events: a role chunk per choice, one chunk per token per choice (the last
-    with its finish_reason), the usage chunk if asked, then [DONE]. When the client goes away Starlette
-    cancels this generator, and `finally` stops the generation."""
+    with its finish_reason), the usage chunk if asked, then [DONE]. A failure once streaming has begun
+    ends it with one event in the error shape (what `job_error` answers), then [DONE]. When the client
+    goes away Starlette cancels this generator, and `finally` stops the generation."""
     try:
         for i in range(meta.gen.params.n):
             yield sse(meta.chunk([meta.first_delta(i)], include_usage=include_usage))
@@ -283,7 +311,9 @@ async def stream(meta: Meta, steps: Steps, include_usage: bool):
                 for step in batch:
                     yield sse(meta.chunk([meta.step_delta(step)], include_usage=include_usage))
         except Exception as e:  # the status line is sent already: report in the stream, as vLLM does
-            yield sse({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": None}})
+            yield sse(job_error(e).body)
+            yield "data: [DONE]\n\n"
+            return
         if include_usage:
             yield sse(meta.chunk([], usage=meta.usage(), include_usage=True))
         yield "data: [DONE]\n\n"
