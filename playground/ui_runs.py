@@ -139,9 +139,10 @@ def _keep_snapshots(lm: LoadedModel, gen: Generation, run: Run) -> None:
         SNAPSHOTS.put(snapshot_key(lm.name, run["prompt_ids"], tokens[:p], run.get("extras")), gen.snapshots.pop(p))
 
 
-def submit(scheduler: Scheduler, gen: Generation) -> Ticket:
-    """Queue a run's generation in the model's shared batch (engine Refused when the queue is full)."""
-    return scheduler.submit(gen)
+def submit(scheduler: Scheduler, gen: Generation, session: str | None = None) -> Ticket:
+    """Queue a run's generation in the model's shared batch, as its browser session's for the fair shares
+    (engine Refused when the queue is full)."""
+    return scheduler.submit(gen, client=None if session is None else f"session:{session}")
 
 
 def _batches(source: Generation | Ticket, run: Run, every_s: float) -> Iterator[list[Step]]:
