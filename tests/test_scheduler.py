@@ -212,7 +212,7 @@ def test_a_plain_request_on_a_long_context_model_is_served_under_the_default_lim
 # --- failures and models that cannot share a batch --------------------------------------------
 
 
-def test_a_model_error_fails_the_jobs_in_the_batch_and_the_loop_keeps_serving():
+def test_a_model_error_in_a_prefill_fails_that_job_and_the_loop_keeps_serving():
     def fragile(history):
         if 99 in history:
             raise RuntimeError("the model broke")
