@@ -210,7 +210,7 @@ def _embedded_folder(gguf: Path, say: Callable[[str], None]) -> Path:
 
 
 def _wrap(model, tokenizer, name, dev, dt, seconds, source) -> LoadedModel:
-    from engine import attention
+    from engine import attention, lone_row
 
     config = model.config
     eos = set()
@@ -220,6 +220,7 @@ def _wrap(model, tokenizer, name, dev, dt, seconds, source) -> LoadedModel:
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     ctx = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+    lone_row.install(model, dev, dt)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

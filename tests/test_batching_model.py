@@ -6,6 +6,7 @@ and completion i does not depend on n. Rows of different lengths attend exactly 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.chat import ChatRequest
 from engine.knobs import SamplingParams
@@ -108,3 +109,32 @@ def test_where_a_prompt_is_cut_into_chunks_does_not_depend_on_what_joins_beside_
         assert outcomes(scheduler, jobs) == alone
     finally:
         scheduler.close()
+
+
+def test_a_rows_logits_are_the_same_alone_and_beside_a_request_that_joins_after_its_first_step(lm):
+    """The case that broke bf16 on an avx512_bf16 CPU: one row decodes alone (one-row matrix products),
+    then a longer prompt joins. In bf16 every step's logits must be the same bits as alone; float32's
+    matrix products round by the batch's row count (README, "The seed contract"), within 1e-3 here."""
+
+    def run(jobs):
+        scheduler = Scheduler(lm)
+        try:
+            for ticket in [scheduler.submit(j) for j in jobs]:
+                for _ in ticket:
+                    pass
+        finally:
+            scheduler.close()
+
+    def capturing():
+        return ChatRequest.build(lm, ASK[0], SamplingParams.build(max_tokens=6, seed=42, top_k=40)).generation(capture=True)
+
+    alone = capturing()
+    run([alone])
+    beside = capturing()
+    run([beside, request(lm, ASK[1], dict(seed=7), {})])
+    exact = lm.dtype == torch.bfloat16
+    for position in range(6):
+        a, b = alone.snapshots[position].logits, beside.snapshots[position].logits
+        assert torch.equal(a, b) if exact else (a - b).abs().max() < 1e-3, position
+    if exact:
+        assert outcome(beside) == outcome(alone)
