@@ -260,7 +260,7 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
     with stops.run(session) as stop:
         try:
             gen, run = ui_runs.start(lm, ui.conversation(), params, "Generated", extras, cancel=stop.is_set, capture=True)
-            ticket = ui_runs.submit(host.scheduler(lm.name), gen)
+            ticket = ui_runs.submit(host.scheduler(lm.name), gen, session)
         except ParamError as e:
             yield {"run_error": describe_error(e)}
             return
@@ -385,7 +385,7 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
                               "of this completion once (cached afterwards)…"}
         with stops.run(session) as flag:
             try:
-                snap = ui_runs.snapshot(lm, scheduler, run, c, pos, cancel=flag.is_set)
+                snap = ui_runs.snapshot(lm, scheduler, run, c, pos, cancel=flag.is_set, session=session)
             except (Refused, ParamError) as e:
                 yield {"whatif_note": f"Cannot recompute this step: {getattr(e, 'message', e)}"}
                 return
@@ -427,7 +427,7 @@ def continue_here(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], v
     with stops.run(session) as flag:
         try:
             gen, new, prefix_text = ui_runs.continue_with(lm, run, c, pos, params, label, cancel=flag.is_set)
-            ticket = ui_runs.submit(host.scheduler(lm.name), gen)
+            ticket = ui_runs.submit(host.scheduler(lm.name), gen, session)
         except (ParamError, Refused) as e:
             yield {"whatif_branch": f"<p class='note'>Cannot continue: {e.message}</p>"}
             return
@@ -475,7 +475,7 @@ def branch(host: ModelHost, stops: Stops, runs: list[dict], view: Any, completio
     with stops.run(session) as flag:
         try:
             gen, new, prefix_text = ui_runs.branch(lm, run, c, pos, int(alt), label, cancel=flag.is_set)
-            ticket = None if gen is None else ui_runs.submit(host.scheduler(lm.name), gen)
+            ticket = None if gen is None else ui_runs.submit(host.scheduler(lm.name), gen, session)
         except (ParamError, IndexError, Refused) as e:
             yield {"branch_view": f"<p class='note'>Cannot branch: {e}</p>"}
             return
@@ -508,9 +508,9 @@ def compare(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], overrid
                                          capture=True)
             # Both at once: they share the model's batch, and B's steps wait in its ticket while A is shown.
             scheduler = host.scheduler(lm.name)
-            ticket_a = ui_runs.submit(scheduler, gen_a)
+            ticket_a = ui_runs.submit(scheduler, gen_a, session)
             try:
-                ticket_b = ui_runs.submit(scheduler, gen_b)
+                ticket_b = ui_runs.submit(scheduler, gen_b, session)
             except Refused:
                 ticket_a.cancel()
                 raise
@@ -562,7 +562,7 @@ def replay(host: ModelHost, stops: Stops, runs: list[dict], view: Any, completio
         try:
             gens = ui_runs.replay(lm, run, c, pos, [tuple(run["params"]["sampler_order"]), order], cancel=flag.is_set)
             scheduler = host.scheduler(lm.name)
-            tickets = [ui_runs.submit(scheduler, g) for g in gens]
+            tickets = [ui_runs.submit(scheduler, g, session) for g in gens]
         except (ParamError, IndexError, Refused) as e:
             yield {"replay_note": f"Cannot replay: {e}"}
             return
@@ -619,7 +619,7 @@ def sweep(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], knob: str
         for gen, _ in jobs:
             gen.cancel = flag.is_set
         try:
-            for made in ui_runs.run_many(lm, host.scheduler(lm.name), jobs):
+            for made in ui_runs.run_many(lm, host.scheduler(lm.name), jobs, session=session):
                 done = sum(1 for _, r in jobs for c in r["completions"] if c["finish_reason"])
                 yield {"sweep_status": tokenview.progress_html(made, total, f"{done} of {len(jobs) * k} samples done "
                                                                             f"({made} tokens)")}

@@ -139,10 +139,15 @@ def _keep_snapshots(lm: LoadedModel, gen: Generation, run: Run) -> None:
         SNAPSHOTS.put(snapshot_key(lm.name, run["prompt_ids"], tokens[:p], run.get("extras")), gen.snapshots.pop(p))
 
 
+def client(session: str | None) -> str | None:
+    """A browser session as the scheduler's fair shares know it."""
+    return None if session is None else f"session:{session}"
+
+
 def submit(scheduler: Scheduler, gen: Generation, session: str | None = None) -> Ticket:
     """Queue a run's generation in the model's shared batch, as its browser session's for the fair shares
     (engine Refused when the queue is full)."""
-    return scheduler.submit(gen, client=None if session is None else f"session:{session}")
+    return scheduler.submit(gen, client=client(session))
 
 
 def _batches(source: Generation | Ticket, run: Run, every_s: float) -> Iterator[list[Step]]:
@@ -285,7 +290,7 @@ def cached_snapshot(lm: LoadedModel, run: Run, completion: int, position: int) -
 
 
 def snapshot(lm: LoadedModel, scheduler: Scheduler, run: Run, completion: int, position: int,
-             cancel: Callable[[], bool] | None = None) -> Snapshot | None:
+             cancel: Callable[[], bool] | None = None, session: str | None = None) -> Snapshot | None:
     """The step's exact raw logits (and grammar mask): from the cache, else by replaying the completion
     up to the step in the model's shared batch (one decode step per earlier token, as the run made
     them). Every step on the way is cached too. None when cancelled."""
@@ -293,7 +298,7 @@ def snapshot(lm: LoadedModel, scheduler: Scheduler, run: Run, completion: int, p
     if snap is not None:
         return snap
     gen = replay(lm, run, completion, position, [tuple(run["params"]["sampler_order"])], cancel=cancel, capture=True)[0]
-    for _ in scheduler.submit(gen):
+    for _ in scheduler.submit(gen, client=client(session)):
         pass
     tokens = _tokens(run, completion)
     for p, s in gen.snapshots.items():
@@ -355,7 +360,8 @@ def continue_with(lm: LoadedModel, run: Run, completion: int, position: int, par
 # --- many runs at once (knob sweeps) -----------------------------------------------------------------
 
 
-def run_many(lm: LoadedModel, scheduler: Scheduler, jobs: list[tuple[Generation, Run]], every_s: float = 0.25) -> Iterator[int]:
+def run_many(lm: LoadedModel, scheduler: Scheduler, jobs: list[tuple[Generation, Run]], every_s: float = 0.25,
+             session: str | None = None) -> Iterator[int]:
     """Submit every job to the model's shared batch at once and record their steps as they come. Yields
     how many tokens were made so far, at most every `every_s` seconds and once at the end. Raises
     Refused (nothing keeps running) when the queue cannot take them all."""
@@ -363,7 +369,7 @@ def run_many(lm: LoadedModel, scheduler: Scheduler, jobs: list[tuple[Generation,
     tickets: list[Ticket] = []
     try:
         for i, (gen, _) in enumerate(jobs):
-            tickets.append(scheduler.submit(gen, listener=lambda item, i=i: items.put((i, item))))
+            tickets.append(scheduler.submit(gen, listener=lambda item, i=i: items.put((i, item)), client=client(session)))
     except Refused:
         for t in tickets:
             t.cancel()

@@ -177,3 +177,18 @@ def test_loading_a_model_without_a_name_says_what_to_type(host):
 
 def test_an_order_preset_fills_the_sampler_order():
     assert ui_events.pick_order("llama.cpp")["sampler_order"].startswith("logit_bias, ")
+
+
+def test_every_model_action_joins_the_queue_as_its_browser_sessions_client(lm, host, runs, monkeypatch):
+    scheduler = host.scheduler(lm.name)
+    clients = []
+    submit = scheduler.submit
+
+    def spy(job, listener=None, client=None):
+        clients.append(client)
+        return submit(job, listener=listener, client=client)
+
+    monkeypatch.setattr(scheduler, "submit", spy)
+    last(ui_events.generate(host, Stops(), settings(lm), "page-1"))
+    last(ui_events.sweep(host, Stops(), settings(lm), runs, "temperature", 0.5, 1.0, 2, 1, 2, "page-2"))
+    assert clients and set(clients) == {"session:page-1", "session:page-2"}
