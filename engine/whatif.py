@@ -11,6 +11,13 @@ snapshot answers any settings: the pipeline and the draw run exactly as in the d
 same random number (seed, completion, position). With the run's own settings the result is the
 recorded step. Replays feed the earlier tokens one step at a time, as the run did, because a single
 forward pass over them gives other bf16 logits (see engine/generator.py, replay_prefix).
+
+A replay runs its one row, where the run may have drawn the step among other rows (its n, other
+requests). The CPU's matrix products round a row alone differently from a row among several (MKL in
+float32 always; oneDNN in bf16 on an avx512_bf16 CPU without AMX, in some K=1536 products), and so does
+float32 attention: measured at n = 2, a replayed step's logits move by up to 5e-5 in float32 and 0.56 in
+bf16. A replay is bit for bit the run's only where the forward passes had the same rows: a run decoded
+alone in one row. That is why a UI run keeps completion 1's logits as it draws them (capture).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ MESSAGES = [{"role": "user", "content": "Write a line about the sea, the sea, th
 # Every penalty and several truncations on, so the what-if must rebuild every stage's inputs.
 KNOBS = dict(n=2, max_tokens=10, seed=11, temperature=0.9, top_k=60, top_p=0.95, repetition_penalty=1.3,
              presence_penalty=0.6, frequency_penalty=0.4, dry_multiplier=0.8, dry_allowed_length=1)
+# How far a row's logits may move between a one-row and a two-row forward pass, per dtype (measured on this
+# CPU: at most 5e-5 in float32, 0.56 in bf16; README, "The seed contract").
+BATCH_EFFECT = {torch.float32: 1e-3, torch.bfloat16: 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ def scheduler(lm):
 
 @pytest.fixture(scope="module")
 def run(lm, scheduler):
-    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(**KNOBS), "test")
+    # Completion 0's raw logits are kept as drawn; completion 1's steps need a replay.
+    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(**KNOBS), "test", capture=True)
     for run in ui_runs.advance(lm, ui_runs.submit(scheduler, gen), run, every_s=0.0):
         pass
     return run
@@ -42,7 +46,7 @@ def snapshot(lm, scheduler, run, c, pos):
 
 def test_with_the_runs_own_settings_the_what_if_is_the_recorded_step(lm, scheduler, run):
     params = SamplingParams.build(**run["params"])
-    for c, pos in [(0, 0), (1, 4), (1, len(run["completions"][1]["steps"]) - 1)]:
+    for c, pos in [(0, 0), (0, 4), (0, len(run["completions"][0]["steps"]) - 1)]:
         recorded = run["completions"][c]["steps"][pos]
         got = ui_runs.what_if(lm, scheduler, snapshot(lm, scheduler, run, c, pos), run, c, pos, params)["step"]
         assert got["token_id"] == recorded["token_id"] and got["draw"] == recorded["draw"]
@@ -106,8 +110,10 @@ def test_continuing_with_the_runs_own_settings_gives_the_rest_of_the_run_again(l
     assert branch["completions"][0]["text"] == original["text"]
 
 
-def test_continuing_with_other_settings_draws_what_the_what_if_showed(lm, scheduler, run):
+def test_continuing_with_other_settings_draws_what_the_what_if_showed(lm, scheduler, run, monkeypatch):
     pos = 2
+    # The continuation feeds the earlier tokens in one row, as a replay does: the same logits in any dtype.
+    monkeypatch.setattr(ui_runs, "SNAPSHOTS", Snapshots())
     hot = SamplingParams.build(**{**run["params"], "temperature": 2.0, "top_k": 0, "top_p": 1.0})
     shown = ui_runs.what_if(lm, scheduler, snapshot(lm, scheduler, run, 0, pos), run, 0, pos, hot)["step"]
     gen, branch, before = ui_runs.continue_with(lm, run, 0, pos, hot, "hot")
@@ -144,17 +150,36 @@ def test_the_ledger_reports_only_logits_a_penalty_moved():
     assert rows[0]["loss"] == {"repetition_penalty": 1.0, "presence_frequency": 0.5} and rows[1]["total"] == 1.0
 
 
-def test_a_capturing_run_caches_every_step_and_a_replay_gives_the_same_logits_bit_for_bit(lm, scheduler, monkeypatch):
-    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(**{**KNOBS, "seed": 12}), "captured", capture=True)
+def captured_run(lm, scheduler, n):
+    """A UI run that keeps completion 0's raw logits as it draws them: (run, the snapshot of every step)."""
+    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(**{**KNOBS, "n": n, "seed": 12}), "captured", capture=True)
     for run in ui_runs.advance(lm, ui_runs.submit(scheduler, gen), run, every_s=0.0):
         pass
     steps = run["completions"][0]["steps"]
     captured = [ui_runs.cached_snapshot(lm, run, 0, p) for p in range(len(steps))]
     assert all(s is not None for s in captured) and not gen.snapshots  # all moved into the shared cache
-    monkeypatch.setattr(ui_runs, "SNAPSHOTS", Snapshots())  # forget them: the next one must be replayed
-    last = len(steps) - 1
-    replayed = ui_runs.snapshot(lm, scheduler, run, 0, last)
-    assert torch.equal(replayed.logits, captured[last].logits)
+    return run, captured
+
+
+def replayed_logits(lm, scheduler, run, position, monkeypatch):
+    monkeypatch.setattr(ui_runs, "SNAPSHOTS", Snapshots())  # forget the captured ones: this one is replayed
+    return ui_runs.snapshot(lm, scheduler, run, 0, position).logits
+
+
+def test_a_replay_of_a_run_decoded_in_one_row_gives_its_captured_logits_bit_for_bit(lm, scheduler, monkeypatch):
+    # The replay makes the very forward passes the run made (the prompt, then one row a step): exact in any dtype.
+    run, captured = captured_run(lm, scheduler, n=1)
+    last = len(captured) - 1
+    assert torch.equal(replayed_logits(lm, scheduler, run, last, monkeypatch), captured[last].logits)
+
+
+def test_a_replay_of_a_step_drawn_beside_other_rows_differs_by_the_batch_effect_at_most(lm, scheduler, monkeypatch):
+    # The run drew completion 0 in a two-row forward pass, the replay in a one-row pass: the CPU's matrix
+    # product (and float32 attention) rounds a row alone differently from a row among several.
+    run, captured = captured_run(lm, scheduler, n=2)
+    last = len(captured) - 1
+    moved = (replayed_logits(lm, scheduler, run, last, monkeypatch) - captured[last].logits).abs().max().item()
+    assert moved <= BATCH_EFFECT[lm.dtype]
 
 
 def test_a_branch_is_fed_token_by_token_so_its_steps_what_if_exactly(lm, scheduler, run):
