@@ -58,9 +58,9 @@ class Generation:
         (a branch of completion 3 continues completion 3's numbers). memory: the stateful stages' state to
         start from (a branch continues its original's mirostat mu). replay_prefix: feed the prefix through
         the model one token per step, exactly as the run that drew it did, instead of with the prompt, so
-        the next step's logits are the run's (a replay of a recorded step): bit for bit where the run's row
-        was alone in its forward passes, else within the batch effect (engine/whatif.py). capture: keep what
-        completion 0's sampler saw (its raw logits, and a grammar's mask) at every step it draws and, without
+        the next step's logits are the run's (a replay of a recorded step): bit for bit in bf16 and where
+        the run's row was alone in its forward passes, else within float32's batch effect (engine/whatif.py).
+        capture: keep what completion 0's sampler saw (its raw logits, and a grammar's mask) at every step it draws and, without
         a grammar, at every position of a replayed prefix (`snapshots`: position -> Snapshot,
         engine/whatif.py), for a live what-if on those steps; the caller takes them out as it goes."""
         self.lm = lm

@@ -13,11 +13,11 @@ recorded step. Replays feed the earlier tokens one step at a time, as the run di
 forward pass over them gives other bf16 logits (see engine/generator.py, replay_prefix).
 
 A replay runs its one row, where the run may have drawn the step among other rows (its n, other
-requests). The CPU's matrix products round a row alone differently from a row among several (MKL in
-float32 always; oneDNN in bf16 on an avx512_bf16 CPU without AMX, in some K=1536 products), and so does
-float32 attention: measured at n = 2, a replayed step's logits move by up to 5e-5 in float32 and 0.56 in
-bf16. A replay is bit for bit the run's only where the forward passes had the same rows: a run decoded
-alone in one row. That is why a UI run keeps completion 1's logits as it draws them (capture).
+requests). In bf16 that changes nothing: a lone row computes its linear layers as a row among others
+(engine/lone_row.py), and attention is per row. In float32, MKL's matrix products and PyTorch's attention
+round a row by the batch's row count: measured at n = 2 on this CPU, a replayed step's logits move by up
+to 5e-5. So in float32 a replay is bit for bit the run's only where the forward passes had the same rows
+(a run decoded alone in one row), and a UI run keeps completion 1's logits as it draws them (capture).
 """
 
 from __future__ import annotations
