@@ -237,7 +237,7 @@ def in_range(knob: Knob):
         "logprobs": True, "top_logprobs": 20, "logit_bias": {"5": 100, "6": -100},
         "sampler_order": list(reversed(STAGE_ORDER)), "typical_p": 0.5, "top_n_sigma": 1.5, "xtc_probability": 1.0,
         "xtc_threshold": 0.5, "dry_multiplier": 0.8, "dry_base": 1.0, "dry_allowed_length": 1,
-        "dry_sequence_breakers": ["\n", "."], "mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 1.0,
+        "dry_sequence_breakers": ["\n", "."], "dry_penalty_last_n": 64, "mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 1.0,
         "dynatemp_range": 0.5, "dynatemp_exponent": 0.0,
     }[knob.name]
 
