@@ -20,3 +20,21 @@ def server():
 
     with start_server() as s:
         yield s
+
+
+@pytest.fixture
+def closes_schedulers(monkeypatch):
+    """Every scheduler a test starts is closed when it ends, passed or failed."""
+    from engine.scheduler import Scheduler
+
+    made = []
+    original = Scheduler.__init__
+
+    def init(self, *args, **kw):
+        original(self, *args, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(Scheduler, "__init__", init)
+    yield
+    for scheduler in made:
+        scheduler.close()

@@ -114,3 +114,16 @@ def script(tokens: list[int], vocab: int) -> Callable[[list[int]], torch.Tensor]
         return out
 
     return next_logits
+
+
+def chatty(vocab: int) -> Callable[[list[int]], torch.Tensor]:
+    """A model whose logits over the first `vocab` ids depend on the whole history, with an end token
+    likely enough that rows end at different steps."""
+
+    def next_logits(history: list[int]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(sum((i + 1) * t for i, t in enumerate(history)) % 100003)
+        out = torch.randn(vocab, generator=g) * 2.5
+        out[EOS] = -1.5
+        return out
+
+    return next_logits

@@ -25,6 +25,7 @@ from engine.sampler import STAGES
 from engine.scheduler import END, Limits, Scheduler
 from playground.api import ApiSettings, create_api
 from playground.models import ModelHost
+from tests import fakes
 from tests.fakes import EOS, fake_lm
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh"]  # ids 2..9 = a..h
@@ -33,32 +34,18 @@ UNLUCKY = 7  # the top_k that the poisoned stage below fails on
 
 
 def chatty(history):
-    """Logits that depend on the whole history, with an end token likely enough that rows end at
-    different steps; the marker token is never predicted."""
-    g = torch.Generator().manual_seed(sum((i + 1) * t for i, t in enumerate(history)) % 100003)
-    out = torch.randn(len(LETTERS), generator=g) * 2.5
-    out[EOS] = -1.5
-    return torch.cat([out, torch.tensor([float("-inf")])])
+    """fakes.chatty over the letters; the marker token is never predicted."""
+    return torch.cat([letters(history), torch.tensor([float("-inf")])])
+
+
+letters = fakes.chatty(len(LETTERS))
 
 
 def lm_(next_logits=chatty):
     return fake_lm(next_logits, LETTERS + [b"!"], context_length=256)
 
 
-@pytest.fixture(autouse=True)
-def closing(monkeypatch):
-    """Every scheduler a test starts is closed when it ends, passed or failed."""
-    made = []
-    original = Scheduler.__init__
-
-    def init(self, *args, **kw):
-        original(self, *args, **kw)
-        made.append(self)
-
-    monkeypatch.setattr(Scheduler, "__init__", init)
-    yield
-    for scheduler in made:
-        scheduler.close()
+pytestmark = pytest.mark.usefixtures("closes_schedulers")
 
 
 def job(lm, prompt, knobs):

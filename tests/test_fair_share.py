@@ -14,8 +14,9 @@ from engine.scheduler import END, Limits, Scheduler
 from playground.api import ApiSettings, client_of, create_api
 from playground.models import ModelHost
 from tests.fakes import EOS
-from tests.test_containment import alone, closing, job, lm_, outcome, paused, result, wait_for  # noqa: F401 (closing: a fixture)
+from tests.test_containment import alone, job, lm_, outcome, paused, result, wait_for
 
+pytestmark = pytest.mark.usefixtures("closes_schedulers")
 ENDLESS = dict(logit_bias={str(EOS): -100})  # no end token: a job runs its whole max_tokens
 
 

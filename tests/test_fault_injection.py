@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,21 +16,12 @@ from engine.knob import ParamError
 from engine.knobs import SamplingParams
 from engine.scheduler import Scheduler
 from tests.extremes import EXTREMES, ILLEGAL, LEGAL, Extreme
-from tests.fakes import EOS, fake_lm
+from tests.fakes import chatty, fake_lm
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh:\n"]  # ids 2..11: a..h, ':' and newline
 
 
-def chatty(history):
-    """Logits that depend on the whole history, with an end token likely enough that rows end at
-    different steps."""
-    g = torch.Generator().manual_seed(sum((i + 1) * t for i, t in enumerate(history)) % 100003)
-    out = torch.randn(len(LETTERS), generator=g) * 2.5
-    out[EOS] = -1.5
-    return out
-
-
-LM = fake_lm(chatty, LETTERS, context_length=96)
+LM = fake_lm(chatty(len(LETTERS)), LETTERS, context_length=96)
 
 ORDINARY = [  # (prompt, knobs): everyday requests, every stage on in one of them
     ([1], dict(seed=1)),

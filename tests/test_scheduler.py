@@ -14,19 +14,14 @@ from engine.generator import Generation
 from engine.knobs import SamplingParams
 from engine.scheduler import END, Limits, Refused, Scheduler
 from engine.stages import PRESETS
+from tests import fakes
 from tests.fakes import EOS, FakeModel, fake_lm
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh"]  # ids 2..9 = a..h
 LLAMA_CPP = PRESETS["llama.cpp"]
 
 
-def chatty(history):
-    """Logits that depend on the whole history, with an end token likely enough that rows end at
-    different steps."""
-    g = torch.Generator().manual_seed(sum((i + 1) * t for i, t in enumerate(history)) % 100003)
-    out = torch.randn(len(LETTERS), generator=g) * 2.5
-    out[EOS] = -1.5
-    return out
+chatty = fakes.chatty(len(LETTERS))
 
 
 def lm_():
@@ -45,20 +40,7 @@ JOBS = [  # (prompt, knobs): every knob the sampler has, on prompts of different
 ]
 
 
-@pytest.fixture(autouse=True)
-def closing(monkeypatch):
-    """Every scheduler a test starts is closed when it ends, passed or failed."""
-    made = []
-    original = Scheduler.__init__
-
-    def init(self, *args, **kw):
-        original(self, *args, **kw)
-        made.append(self)
-
-    monkeypatch.setattr(Scheduler, "__init__", init)
-    yield
-    for scheduler in made:
-        scheduler.close()
+pytestmark = pytest.mark.usefixtures("closes_schedulers")
 
 
 def job(lm, prompt, knobs, **kw):
