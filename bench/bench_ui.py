@@ -5,7 +5,14 @@ page is warm. Then for 1, 4 and 8 pages at once it clears each page's conversati
 message, clicks Generate in all of them, and records in each page, with a MutationObserver, the time of
 every change to the visible text of #completions. A page's run ends when that text shows a finish reason
 (or, should the UI's wording change, when it has not changed for STALL_S). The UI keeps its default
-capture. The baseline is the same work through /v1 (stream, logprobs, top_logprobs 5, the same seed,
+capture.
+
+Every measurement starts on a quiet machine: the bench first waits until the server and the browser have
+finished what came before (a finished run's pages draw its token view, charts and what-if, in the server
+and in Chromium, for some seconds after its text is complete; on 2 cores that work would otherwise run
+inside the next measurement). A page's tokens/s ends when its text is complete; the server's CPU seconds
+per token count the whole run, the finished view drawn after it included, up to when the server is quiet
+again. The baseline is the same work through /v1 (stream, logprobs, top_logprobs 5, the same seed,
 message and max_tokens) from as many clients at once.
 
 It prints, for each side: tokens/s as seen by the pages or clients (all tokens / time until the last one
@@ -40,6 +47,8 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MESSAGE = "Write a short story about a robot who learns to paint."
 STALL_S = 8.0  # no visible change for this long after the run began: treat it as finished
 TIMEOUT_S = 900.0
+QUIET_SERVER = 0.15  # cores: an idle server (uvicorn, Gradio's queue) uses a few hundredths
+QUIET_MACHINE = 0.5  # cores, all processes: idle pages and the bench itself use a few tenths
 # Background tabs get their timers and rendering throttled; every page here must run as if in front.
 BROWSER_ARGS = [*ARGS, "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
                 "--disable-backgrounding-occluded-windows"]
@@ -65,6 +74,37 @@ CLICK_JS = "() => { window.__changes = []; window.__clicked = Date.now(); docume
 def server_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, fields 14 and 15
+
+
+def busy_cores(pid: int | None, window_s: float) -> tuple[float, float]:
+    """(cores the process `pid` used, cores the whole machine used) over the next `window_s` seconds."""
+    def machine() -> tuple[int, int]:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # busy (all but idle and iowait), all
+    cpu0, (busy0, all0) = server_cpu_s(pid) if pid else 0.0, machine()
+    time.sleep(window_s)
+    cpu1, (busy1, all1) = server_cpu_s(pid) if pid else 0.0, machine()
+    return (cpu1 - cpu0) / window_s, os.cpu_count() * (busy1 - busy0) / max(all1 - all0, 1)
+
+
+def settle(pid: int, limit_s: float = 90.0) -> None:
+    """Wait until the server and the whole machine are quiet (what an earlier run left to draw is done)."""
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        server, machine = busy_cores(pid, 0.5)
+        if server < QUIET_SERVER and machine < QUIET_MACHINE:
+            return
+    print(f"        note: the machine was still busy after {limit_s:.0f} s (server {server:.2f}, all {machine:.2f} cores)")
+
+
+def cpu_until_quiet(pid: int, limit_s: float = 90.0) -> float:
+    """The server's CPU seconds (as server_cpu_s) when it has fallen quiet: read at the start of the first
+    half-second in which it used less than QUIET_SERVER of a core."""
+    deadline = time.time() + limit_s
+    while True:
+        cpu = server_cpu_s(pid)
+        if busy_cores(pid, 0.5)[0] < QUIET_SERVER or time.time() > deadline:
+            return cpu
 
 
 def page_state(page) -> dict:
@@ -106,6 +146,7 @@ def run_pages(pages: list, tokens: int, seed: int, pid: int) -> dict:
     for page in pages:
         prepare(page, tokens, seed)
         page.evaluate(WATCH_JS)
+    settle(pid)  # the change events of prepare() included
     cpu = server_cpu_s(pid)
     for page in pages:
         page.evaluate(CLICK_JS)
@@ -118,7 +159,7 @@ def run_pages(pages: list, tokens: int, seed: int, pid: int) -> dict:
         time.sleep(0.2)
     else:
         raise RuntimeError("pages did not finish within the timeout")
-    cpu = server_cpu_s(pid) - cpu
+    cpu = cpu_until_quiet(pid) - cpu  # the finished view that the pages draw next is the UI's cost too
     runs = [page_result(s) for s in states]
     start, end = min(r["start"] for r in runs), max(r["end"] for r in runs)
     total = sum(r["tokens"] for r in runs)
@@ -140,10 +181,11 @@ def one_client(client: openai.OpenAI, tokens: int, seed: int) -> int:
 
 def run_clients(url: str, clients: int, tokens: int, seed: int, pid: int) -> dict:
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+    settle(pid)
     cpu, start = server_cpu_s(pid), time.time()
     with ThreadPoolExecutor(clients) as pool:
         counts = list(pool.map(lambda _: one_client(client, tokens, seed), range(clients)))
-    wall, cpu = time.time() - start, server_cpu_s(pid) - cpu
+    wall, cpu = time.time() - start, cpu_until_quiet(pid) - cpu
     return {"tok_s": sum(counts) / wall, "wall": wall, "tokens": sum(counts), "cpu_per_tok": cpu / max(sum(counts), 1)}
 
 
