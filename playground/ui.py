@@ -177,7 +177,11 @@ def launch_kwargs() -> dict:
         font=["ui-sans-serif", "system-ui", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
     )
-    return {"css": CSS, "head": HEAD, "theme": theme}
+    # Gradio's run history copies every event's inputs and outputs (charts included) into the browser's
+    # localStorage, rewriting its list of the last 100 at each event and every 0.5 s of a stream: measured
+    # here, that kept 8 idle pages' browser busy at about 1.8 cores for over a minute after one run each.
+    # Runs are kept and shared with Save and Load instead.
+    return {"css": CSS, "head": HEAD, "theme": theme, "run_history": False}
 
 
 def _control(name: str):
@@ -388,8 +392,9 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     # ---- generate: stream tokens, then keep the run; then draw it and its what-if ----
     whatif_in = {**settings, **selection, "live": c["live"]}
     whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
+    # Hidden progress: the streamed heads already say waiting or generating, and Gradio's overlay timer redraws.
     gen_event = _on([b["generate"].click, c["message"].submit], bound(ui_events.generate), settings,
-                    pick("run_error", "completions", "tokens", "runs", "history", "finished"), **model_events)
+                    pick("run_error", "completions", "tokens", "runs", "history", "finished"), **quiet, **model_events)
     finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host), pick("runs", "history", "finished"),
                      pick("finished", "chat", "message", "view", "completion", "step", "prompt"), **quiet)
     drawn = _then(finished, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
