@@ -10,8 +10,10 @@ engine's Generation; it imports no Gradio, so it is tested with the real model d
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -105,22 +107,74 @@ def step_dict(lm: LoadedModel, step: Step, stages: tuple[str, ...], texts: dict[
     return d
 
 
-def advance(lm: LoadedModel, source: Generation | Ticket, run: Run, every_s: float = 0.1, prefix_text: str = "") -> Iterator[Run]:
+# --- how often a streaming page is updated ----------------------------------------------------------
+#
+# Every update costs the server (Gradio diffs the value and writes the event) and the page (a layout of
+# the whole page) about the same whatever it brings; all pages' updates together compete with the decode
+# loop they report on. So the pages that stream at once share UPDATES_PER_S updates a second: one page
+# alone gets one every 0.1 s, eight one every 0.25 s. Never slower than MAX_INTERVAL_S, inside the
+# 0.5 s in which a visitor must see the text move.
+UPDATES_PER_S = 25.0
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 0.25
+
+
+def update_interval(streams: int) -> float:
+    """Seconds between two updates of one page while `streams` pages stream at once."""
+    return min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, streams / UPDATES_PER_S))
+
+
+class Streams:
+    """How many runs stream to a page right now (each advance() without a fixed every_s counts)."""
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+STREAMS = Streams()
+
+
+def advance(lm: LoadedModel, source: Generation | Ticket, run: Run, every_s: float | None = None,
+            prefix_text: str = "") -> Iterator[Run]:
     """Generate, recording each step into `run`; yields the run at most every `every_s` seconds
-    (so the page stays smooth) and always once at the end, when finish reasons are final.
+    (so the page stays smooth) and always once at the end, when finish reasons are final. every_s None:
+    the run streams to a page, counted in STREAMS, at update_interval(how many stream at once).
 
     source: a Generation to run alone, or the Ticket of one submitted to the model's scheduler; while a
     ticket waits for room in the shared batch, run["waiting"] is how many runs are ahead of it."""
+    if every_s is not None:
+        yield from _advance(lm, source, run, lambda: every_s, prefix_text)
+        return
+    with STREAMS.open():
+        yield from _advance(lm, source, run, lambda: update_interval(STREAMS.count), prefix_text)
+
+
+def _advance(lm: LoadedModel, source: Generation | Ticket, run: Run, interval: Callable[[], float],
+             prefix_text: str) -> Iterator[Run]:
     gen = source.job if isinstance(source, Ticket) else source
     stages = tuple(run["stages"])
     last = 0.0
-    for steps in _batches(source, run, every_s):
+    for steps in _batches(source, run, interval):
         for step in steps:
             run["completions"][step.index]["steps"].append(step_dict(lm, step, stages, run["texts"]))
         _sync(gen, run, prefix_text)
         _keep_snapshots(lm, gen, run)
         now = time.monotonic()
-        if now - last >= every_s:
+        if now - last >= interval():
             last = now
             yield run
     run["waiting"] = None
@@ -150,12 +204,12 @@ def submit(scheduler: Scheduler, gen: Generation, session: str | None = None) ->
     return scheduler.submit(gen, client=client(session))
 
 
-def _batches(source: Generation | Ticket, run: Run, every_s: float) -> Iterator[list[Step]]:
+def _batches(source: Generation | Ticket, run: Run, interval: Callable[[], float]) -> Iterator[list[Step]]:
     if not isinstance(source, Ticket):
         yield from source
         return
     while True:
-        item = source.get(timeout=max(every_s, 0.05))
+        item = source.get(timeout=max(interval(), 0.05))
         run["waiting"] = None if source.admitted.is_set() else source.ahead
         if item is None:
             yield []  # nothing new: the caller still shows the run, and its place in the queue

@@ -159,3 +159,17 @@ def test_a_replay_under_the_runs_own_order_reproduces_the_recorded_step_exactly(
         assert step["token_id"] == recorded["token_id"] and step["candidates"] == recorded["candidates"]
         for mine, theirs in zip(step["stages"], recorded["stages"]):
             assert mine["kept"] == theirs["kept"] and mine["probs"] == pytest.approx(theirs["probs"], abs=1e-5)
+
+
+def test_a_run_streaming_to_a_page_counts_in_the_update_pace_while_it_runs(lm):
+    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=3, seed=1), "test")
+    before = ui_runs.STREAMS.count
+    seen = [ui_runs.STREAMS.count for _ in ui_runs.advance(lm, gen, run)]
+    assert seen and set(seen) == {before + 1}
+    assert ui_runs.STREAMS.count == before
+
+
+def test_a_run_with_a_fixed_interval_is_not_a_page_stream(lm):
+    gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=3, seed=1), "test")
+    before = ui_runs.STREAMS.count
+    assert {ui_runs.STREAMS.count for _ in ui_runs.advance(lm, gen, run, every_s=0.0)} == {before}
