@@ -23,3 +23,14 @@ def test_the_default_limits_let_every_row_of_the_batch_be_a_page():
     limits = Limits()
     assert {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "model"} == \
            {limits.max_rows + limits.max_queue}
+
+
+def test_pages_keep_no_run_history_in_the_browser():
+    """Gradio's run history rewrites every event's inputs and outputs into localStorage as a run streams;
+    the playground keeps runs with Save and Load instead."""
+    import httpx
+
+    from tests.ui_server import serve
+
+    with serve(ModelHost(wordy_lm())) as url:
+        assert httpx.get(url + "/config").json()["run_history"] is False
