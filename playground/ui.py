@@ -205,6 +205,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
     with gr.Blocks(title="Sampling Playground", analytics_enabled=False) as demo:
         c["runs"], c["history"], c["sweep_state"] = gr.State([]), gr.State([]), gr.State(None)
         c["finished"] = gr.State(False)  # a run just finished: finish_generate shows it
+        c["redraw"] = gr.State(False)  # its step stayed put: no change event draws it (see finish_generate)
         gr.Markdown(INTRO)
         c["link_note"] = gr.Markdown(elem_id="link-note")
         with gr.Row(equal_height=True):
@@ -395,9 +396,12 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     # Hidden progress: the streamed heads already say waiting or generating, and Gradio's overlay timer redraws.
     gen_event = _on([b["generate"].click, c["message"].submit], bound(ui_events.generate), settings,
                     pick("run_error", "completions", "tokens", "runs", "history", "finished"), **quiet, **model_events)
-    finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host), pick("runs", "history", "finished"),
-                     pick("finished", "chat", "message", "view", "completion", "step", "prompt"), **quiet)
-    drawn = _then(finished, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+    # Drawn once: by the step's change event, or right here when the step stays put (finish_generate).
+    finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host),
+                     pick("runs", "history", "finished", "step"),
+                     pick("finished", "chat", "message", "view", "completion", "step", "prompt", "redraw"), **quiet)
+    drawn = _then(finished, ui_events.show_kept, {"redraw": c["redraw"], **selection, "mode": c["mode"]}, view_out, **quiet)
+    _then(drawn, bound(ui_events.what_if_kept), {**whatif_in, "redraw": c["redraw"]}, whatif_out, **quiet, **model_events)
     _then(drawn, validate, {**settings, "runs": c["runs"]}, validate_out, **quiet)
     _on(b["stop"].click, functools.partial(ui_events.stop, stops=stops), {}, {}, concurrency_limit=None, **quiet)
     _on(b["clear"].click, ui_events.clear, {}, pick("history", "chat", "run_error"))

@@ -278,20 +278,26 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
            "finished": True}
 
 
-def finish_generate(host: ModelHost, runs: list[dict], history: list[dict], finished: bool) -> Out:
+def finish_generate(host: ModelHost, runs: list[dict], history: list[dict], finished: bool, step: Any = None) -> Out:
     """After a run that finished (not one refused or with a bad setting): the chat, an empty message box,
-    the run selected at its most uncertain step, and its templated prompt."""
+    the run selected at its most uncertain step, and its templated prompt.
+
+    The finished run is drawn once. The step slider announces a change only when its value changes, and
+    its change event draws the selection (`show`, then `what_if`); so "redraw" is True only when the
+    selected step stays where it was, and then the page draws the run after this (`show_kept`)."""
     if not finished or not runs:
         return {}
     run = runs[0]
     steps = run["completions"][0]["steps"]
+    selected = most_uncertain(steps)
     out: Out = {
         "finished": False,
         "chat": history,
         "message": "",
         "view": gr.update(choices=view_choices([run]), value=0),
         "completion": gr.update(choices=[str(i + 1) for i in range(len(run["completions"]))], value="1"),
-        "step": gr.update(maximum=max(len(steps) - 1, 1), value=most_uncertain(steps)),
+        "step": gr.update(maximum=max(len(steps) - 1, 1), value=selected),
+        "redraw": step is not None and float(step) == selected,
     }
     with contextlib.suppress(KeyError):  # the run's model went away meanwhile: no prompt to show
         out["prompt"] = host.get(run["model"]).tokenizer.decode(run["prompt_ids"])
@@ -352,6 +358,12 @@ def show(runs: list[dict], view: Any, completion: Any, step: Any, mode: str) -> 
     }
 
 
+def show_kept(redraw: bool, runs: list[dict], view: Any, completion: Any, step: Any, mode: str) -> Out:
+    """`show` after a finished run whose step stayed put (see finish_generate); nothing otherwise, since
+    the step's change event draws it."""
+    return show(runs, view, completion, step, mode) if redraw else {}
+
+
 # --- live what-if and the penalty ledger -----------------------------------------------------------------
 
 
@@ -405,6 +417,13 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
         "whatif_draw": figures.draw_figure(shown, texts),
         "ledger": tokenview.ledger_html(out["ledger"], [s["name"] for s in shown["stages"]]),
     }
+
+
+def what_if_kept(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any,
+                 live: bool, session: str, redraw: bool) -> Iterator[Out]:
+    """`what_if` after `show_kept`: only when it drew."""
+    if redraw:
+        yield from what_if(host, stops, ui, runs, view, completion, step, live, session)
 
 
 def continue_here(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any,

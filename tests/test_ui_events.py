@@ -80,6 +80,21 @@ def test_stop_cancels_a_generation_in_flight(lm, host):
     assert out["runs"][0]["completions"][0]["finish_reason"] == "cancelled"
 
 
+def test_a_finished_run_is_drawn_by_the_page_only_when_its_step_stays_put(host, runs):
+    # The slider fires its change event (which draws) only when its value changes.
+    selected = ui_events.most_uncertain(runs[0]["completions"][0]["steps"])
+    assert ui_events.finish_generate(host, runs, [], True, selected)["redraw"] is True
+    assert ui_events.finish_generate(host, runs, [], True, selected + 1)["redraw"] is False
+
+
+def test_show_and_what_if_after_a_run_draw_nothing_unless_the_step_stayed_put(lm, host, runs):
+    assert ui_events.show_kept(False, runs, 0, "1", 2, "raw probability") == {}
+    assert ui_events.show_kept(True, runs, 0, "1", 2, "raw probability")["sentences"].startswith("**Step 2**")
+    ui = settings(lm, repetition_penalty=1.2)
+    assert list(ui_events.what_if_kept(host, Stops(), ui, runs, 0, "1", 2, True, "s", redraw=False)) == []
+    assert "**Step 2**" in last(ui_events.what_if_kept(host, Stops(), ui, runs, 0, "1", 2, True, "s", redraw=True))["whatif_note"]
+
+
 def test_show_draws_the_selected_step_and_nothing_without_a_run(runs):
     out = ui_events.show(runs, 0, "1", 2, "raw probability")
     assert out["sentences"].startswith("**Step 2**") and out["inspector"] is not None
