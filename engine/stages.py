@@ -12,7 +12,6 @@ Removed tokens get -inf.
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable

@@ -37,7 +37,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.generator import Generation
 from engine.knobs import ParamError
 from engine.scheduler import END, Refused, Scheduler
-from engine.trace import Step
 from playground.api_format import Meta
 from playground.models import ModelHost
 from playground.schema import ChatCompletionRequest, to_engine

@@ -4,7 +4,6 @@ number of jobs admitted before a waiting one, and the API names its clients by k
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 from fastapi.testclient import TestClient

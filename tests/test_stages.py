@@ -14,10 +14,10 @@ from scipy.stats import chisquare
 
 from engine.generator import Generation
 from engine.knobs import KNOBS, STAGE_ORDER, SamplingParams
-from engine.sampler import SamplerContext, draw, learn, run_pipeline
+from engine.sampler import SamplerContext, learn, run_pipeline
 from engine.rng import uniform
 from engine.stages import ALL, PRESETS, STAGES, XTC_STREAM, Said
-from tests.fakes import EOS, fake_lm, fixed
+from tests.fakes import fake_lm, fixed
 
 INF = float("inf")
 
