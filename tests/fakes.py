@@ -127,3 +127,8 @@ def chatty(vocab: int) -> Callable[[list[int]], torch.Tensor]:
         return out
 
     return next_logits
+
+
+def outcome(gen) -> tuple:
+    """What a finished Generation made: each completion's token ids, its texts and finish reasons."""
+    return [[s.token_id for s in c] for c in gen.completions], gen.texts, gen.finish_reasons

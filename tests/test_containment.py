@@ -26,7 +26,7 @@ from engine.scheduler import END, Limits, Scheduler
 from playground.api import ApiSettings, create_api
 from playground.models import ModelHost
 from tests import fakes
-from tests.fakes import EOS, fake_lm
+from tests.fakes import EOS, fake_lm, outcome
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh"]  # ids 2..9 = a..h
 MARK = len(LETTERS)  # a token the model never predicts: a prompt holding it marks the culprit
@@ -50,10 +50,6 @@ pytestmark = pytest.mark.usefixtures("closes_schedulers")
 
 def job(lm, prompt, knobs):
     return Generation(lm, prompt, SamplingParams.build(**{"max_tokens": 10, **knobs}))
-
-
-def outcome(gen):
-    return [[s.token_id for s in c] for c in gen.completions], gen.texts, gen.finish_reasons
 
 
 def alone(lm, prompt, knobs):

@@ -16,7 +16,7 @@ from engine.knob import ParamError
 from engine.knobs import SamplingParams
 from engine.scheduler import Scheduler
 from tests.extremes import EXTREMES, ILLEGAL, LEGAL, Extreme
-from tests.fakes import chatty, fake_lm
+from tests.fakes import chatty, fake_lm, outcome
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh:\n"]  # ids 2..11: a..h, ':' and newline
 
@@ -35,10 +35,6 @@ ORDINARY = [  # (prompt, knobs): everyday requests, every stage on in one of the
 
 def build(prompt, knobs, max_tokens=10):
     return Generation(LM, prompt, SamplingParams.build(**{"max_tokens": max_tokens, **knobs}))
-
-
-def outcome(gen):
-    return [[s.token_id for s in c] for c in gen.completions], gen.texts, gen.finish_reasons
 
 
 ALONE = {}

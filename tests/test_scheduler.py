@@ -15,7 +15,7 @@ from engine.knobs import SamplingParams
 from engine.scheduler import END, Limits, Refused, Scheduler
 from engine.stages import PRESETS
 from tests import fakes
-from tests.fakes import EOS, FakeModel, fake_lm
+from tests.fakes import EOS, FakeModel, fake_lm, outcome
 
 LETTERS = [b"<eos>", b"<p>"] + [bytes([c]) for c in b"abcdefgh"]  # ids 2..9 = a..h
 LLAMA_CPP = PRESETS["llama.cpp"]
@@ -45,10 +45,6 @@ pytestmark = pytest.mark.usefixtures("closes_schedulers")
 
 def job(lm, prompt, knobs, **kw):
     return Generation(lm, prompt, SamplingParams.build(**{"max_tokens": 14, **knobs}), **kw)
-
-
-def outcome(gen):
-    return [[s.token_id for s in c] for c in gen.completions], gen.texts, gen.finish_reasons
 
 
 def alone(lm, prompt, knobs):
