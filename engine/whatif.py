@@ -116,6 +116,29 @@ def resample(
     number's `coords` (seed, completion index, position) and the stateful stages' `memory` at the step.
     `constrained`: the run had a grammar or a thinking budget (its mask is in the snapshot). Tensor work:
     call it on the model's decode thread (Scheduler.call)."""
+    stages, ctx = pipeline(lm, snap, params, prompt_ids, earlier, coords, memory, constrained)
+    u = torch.tensor([uniform(*coords)], dtype=torch.float64)
+    chosen, landing = draw(stages[-1][1], u, ctx.knobs.greedy)
+    learn(stages, ctx, chosen)
+    rec = record(stages, chosen, landing, [params.record_k])[0]
+    notes = {name: v for name, values in ctx.notes.items() if (v := float(values[0])) == v}
+    token = int(chosen[0])
+    step = Step(index=coords[1], position=coords[2], text=lm.token_text(token), delta="", notes=notes, **rec)
+    return Resampled(step, tuple(name for name, _ in stages), ledger(stages, prompt_ids, earlier))
+
+
+def pipeline(
+    lm,
+    snap: Snapshot,
+    params,
+    prompt_ids: list[int],
+    earlier: list[int],
+    coords: tuple[int, int, int],
+    memory: dict[str, float] | None = None,
+    constrained: bool = False,
+) -> tuple[list[tuple[str, torch.Tensor]], SamplerContext]:
+    """The step's sampler pipeline under `params`, as `resample` runs it, without the draw: [("raw",
+    logits (1, V)), (stage, logits after it), ...] and its context. Tensor work (Scheduler.call)."""
     V, dev = snap.logits.shape[-1], lm.device
     history = list(prompt_ids) + list(earlier)
     seen = torch.zeros(1, V, dtype=torch.bool, device=dev)
@@ -135,15 +158,7 @@ def resample(
         breakers=[dry_breakers(lm.tokenizer, params.dry_sequence_breakers) if uses_dry(params) else frozenset()],
         memory=[dict(memory or {})], coords=[tuple(coords)],
     )
-    stages = run_pipeline(snap.logits.to(dev)[None], ctx, constrained)
-    u = torch.tensor([uniform(*coords)], dtype=torch.float64)
-    chosen, landing = draw(stages[-1][1], u, ctx.knobs.greedy)
-    learn(stages, ctx, chosen)
-    rec = record(stages, chosen, landing, [params.record_k])[0]
-    notes = {name: v for name, values in ctx.notes.items() if (v := float(values[0])) == v}
-    token = int(chosen[0])
-    step = Step(index=coords[1], position=coords[2], text=lm.token_text(token), delta="", notes=notes, **rec)
-    return Resampled(step, tuple(name for name, _ in stages), ledger(stages, prompt_ids, earlier))
+    return run_pipeline(snap.logits.to(dev)[None], ctx, constrained), ctx
 
 
 def ledger(stages: list[tuple[str, torch.Tensor]], prompt_ids: list[int], earlier: list[int],
