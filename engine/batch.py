@@ -80,7 +80,11 @@ class Prefill:
         """Run the next chunk; True once the whole prompt is in the cache. Chunks always start at multiples
         of `chunk`: where a prompt is cut changes its logits' low bits, so it must not depend on what else
         is joining."""
-        lm = self.job.lm
+        lm, store = self.job.lm, self.job.kv_store
+        if store is not None and self.cache is None:  # continue a sequence just served (engine/kvstore.py)
+            self.done, self.cache, self.logits = store.resume(self.ids)
+            if self.logits is not None:
+                return True
         piece = self.ids[self.done : self.done + self.chunk]
         positions = torch.arange(self.done, self.done + len(piece), device=lm.device)[None]
         with torch.inference_mode():
@@ -91,6 +95,8 @@ class Prefill:
         if self.done < len(self.ids):
             return False
         self.logits = out.logits[:, -1, :].float()
+        if store is not None:
+            store.keep(self.ids, self.cache, self.logits)
         return True
 
 

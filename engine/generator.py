@@ -36,6 +36,8 @@ from engine.whatif import Snapshot
 
 
 class Generation:
+    kv_store = None  # a KVStore (engine/kvstore.py) its prefill may continue from and adds to; /v1/completions sets it
+
     def __init__(
         self,
         lm: LoadedModel,

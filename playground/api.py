@@ -2,6 +2,7 @@
 
     GET  /v1/models              the loaded models
     POST /v1/chat/completions    every sampling knob at the top level; stream: true for server-sent events
+    POST /v1/completions         vLLM's completions subset, and POST /tokenize, /detokenize (playground/api_completions.py)
 
 Every error, bad input included, answers in OpenAI's shape {"error": {message, type, param, code}}:
 400 for bad input (naming the field), 401 for a missing or wrong key, 403 for a remote client of a server
@@ -46,6 +47,9 @@ from playground.schema import ChatCompletionRequest, to_engine
 class ApiSettings:
     api_key: str | None = None
     open_to_remote: bool = False  # without a key, serve clients beyond loopback too
+    max_logprobs: int = 20  # /v1/completions' cap on logprobs; -1: none (playground/api_completions.py)
+    logprobs_mode: str = "raw_logprobs"  # which values its logprobs are (vLLM's --logprobs-mode)
+    kv_store_bytes: int = 256 * 2**20  # each model's KV reuse store (engine/kvstore.py); 0: off
 
 
 class ApiError(Exception):
@@ -110,15 +114,18 @@ def client_of(settings: ApiSettings, headers: Headers, client_host: str | None) 
     return f"ip:{client_host}"
 
 
+GUARDED = ("/v1", "/tokenize", "/detokenize")  # and everything under /v1/
+
+
 class V1Guard:
-    """ASGI middleware: applies `refusal` to /v1 paths only (the UI is Gradio's business), and before
-    the body is read, so a caller without the key learns nothing about its request."""
+    """ASGI middleware: applies `refusal` to the API's paths only (GUARDED; the UI is Gradio's business), and
+    before the body is read, so a caller without the key learns nothing about its request."""
 
     def __init__(self, app, settings: ApiSettings):
         self.app, self.settings = app, settings
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+        if scope["type"] == "http" and (scope["path"] in GUARDED or scope["path"].startswith("/v1/")):
             client = scope.get("client")
             error = refusal(self.settings, Headers(scope=scope), client[0] if client else None)
             if error is not None:
@@ -281,10 +288,14 @@ def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
             gen.stop()  # a no-op when the generation already ended; else it ends within one step
         return meta.completion()
 
+    from playground.api_completions import install_completions
+
+    install_completions(app, host, settings)
+
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def unknown_path(path: str, request: Request):
         raise ApiError(404, f"There is no {request.method} /v1/{path} here: this API serves GET /v1/models, "
-                       "GET /v1/models/{model} and POST /v1/chat/completions.", code="unknown_url")
+                       "GET /v1/models/{model}, POST /v1/chat/completions and POST /v1/completions.", code="unknown_url")
 
     return app
 

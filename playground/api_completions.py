@@ -1,0 +1,399 @@
+"""POST /v1/completions, POST /tokenize and POST /detokenize: the vLLM-compatible subset that lets another
+playground (or any vLLM client) use this server as its remote, one step at a time.
+
+    POST /v1/completions   {"prompt": [1, 2, 3], "max_tokens": 1, "logprobs": -1, "return_tokens_as_token_ids": true}
+    POST /tokenize         {"prompt": "text"} or {"messages": [...], "add_generation_prompt": true}
+    POST /detokenize       {"tokens": [1, 2, 3]}
+
+The wire format is vLLM's (vllm/entrypoints/openai/protocol.py): `prompt` is a text, a list of token ids,
+or a list of either (several prompts give several choices, prompt-major: choice index = prompt x n + i);
+every sampling knob of the chat endpoint is a top-level field, checked by the same engine code
+(engine/knobs.py). `logprobs: K` returns per token the chosen token's value and the K highest values of
+the position as {token: value} (vLLM's completions shape: tokens, token_logprobs, top_logprobs,
+text_offset). K is capped by the server's --max-logprobs (default 20); with --max-logprobs -1 there is
+no cap and `logprobs: -1` returns the whole vocabulary. Which values: the server's --logprobs-mode, as in
+vLLM, never the request: raw_logprobs (default) and raw_logits are the model's own, before logit_bias,
+penalties, temperature and truncation; processed_logprobs and processed_logits are those of the final
+distribution, the one the token was drawn from (-inf for tokens a truncation removed: -9999.0 in JSON).
+
+Extensions: `logprobs_format: "base64_float32"` replaces top_logprobs with `top_logprobs_base64`, one
+{"ids", "values"} per token: the K values as little-endian float32 in token-id order, base64, and their
+ids as little-endian int32 (null when K is the whole vocabulary: then value i is token i's). The whole
+vocabulary as JSON is about 2 MB per token, as base64 a tenth of that.
+
+Each (prompt, completion) runs as its own one-row job of the shared decode loop, with the completion's
+index for its random numbers (the seed contract: completion i draws what it draws whatever n is). Jobs
+get the model's KVStore (engine/kvstore.py): a token prompt that continues a sequence this server has
+just served costs one decode step, with the logits local decoding gives. Refused for now: echo, suffix,
+best_of other than n, prompt_logprobs, stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import Field, create_model
+from starlette.concurrency import run_in_threadpool
+
+from engine.chat import check_messages
+from engine.context import SamplerContext
+from engine.dry import uses_dry
+from engine.generator import Generation
+from engine.knobs import KNOBS, ParamError, SamplingParams
+from engine.kvstore import KVStore
+from engine.model import LoadedModel
+from engine.sampler import learn, run_pipeline
+from engine.scheduler import END
+from engine.tools import prompt_messages
+from playground.api import ApiError, Steps, client_of, lookup
+from playground.api_format import fingerprint
+from playground.models import ModelHost
+from playground.schema import Message, _knob_field, _Wire
+
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
+DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's completions default (the chat endpoint's is "until the context is full")
+
+
+# The chat endpoint's knobs, less its logprobs pair: here `logprobs` is the number of top values.
+_Knobs = create_model("CompletionSamplingFields",
+                      **{name: _knob_field(k) for name, k in KNOBS.items() if name not in ("logprobs", "top_logprobs")})
+
+
+class CompletionRequest(_Knobs, _Wire):
+    """POST /v1/completions (vLLM's subset). Every sampling knob of the playground is a top-level field."""
+
+    model: str | None = Field(None, description="Which model answers; absent: the server's default.")
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+        description="A text, a list of token ids, or a list of either (one choice group per prompt).")
+    logprobs: int | None = Field(None, description="Return the chosen token's value and the top K values of each "
+                                 "position; capped by the server's --max-logprobs; -1: the whole vocabulary (needs "
+                                 "--max-logprobs -1). What the values are is the server's --logprobs-mode.")
+    return_tokens_as_token_ids: bool | None = Field(None, description="Name tokens 'token_id:123' instead of by their text (vLLM).")
+    logprobs_format: Literal["json", "base64_float32"] | None = Field(
+        None, description="Playground extension: base64_float32 sends the top values as base64 float32 in token-id "
+        "order (top_logprobs_base64) instead of top_logprobs.")
+    add_special_tokens: bool | None = Field(None, description="For a text prompt: add the tokenizer's special tokens (default true).")
+    echo: bool | None = Field(None, description="Not supported: must be false.")
+    suffix: str | None = Field(None, description="Not supported.")
+    best_of: int | None = Field(None, description="Accepted only equal to n.")
+    prompt_logprobs: int | None = Field(None, description="Not supported.")
+    stream: bool | None = Field(None, description="Not supported yet: must be false.")
+    stream_options: dict | None = None
+    user: str | None = None
+
+
+@dataclass
+class Plan:
+    prompts: list[list[int]]
+    params: SamplingParams  # with n = 1 and a fixed seed: each (prompt, i) is its own job
+    n: int
+    top: int | None  # None: no logprobs; else how many top values (V: all of them)
+    as_ids: bool
+    binary: bool
+
+
+def plan(req: CompletionRequest, lm: LoadedModel, max_logprobs: int) -> Plan:
+    """The one conversion from the wire to the engine; ParamError naming the field when something is off."""
+    for name, on in (("echo", req.echo), ("suffix", req.suffix is not None),
+                     ("prompt_logprobs", req.prompt_logprobs is not None), ("stream", req.stream)):
+        if on:
+            raise ParamError(name, f"{name} is not supported by this server's /v1/completions; leave it out",
+                             code="unsupported_parameter")
+    knobs = {name: getattr(req, name) for name in KNOBS if name not in ("logprobs", "top_logprobs")}
+    if knobs["max_tokens"] is None and knobs["max_completion_tokens"] is None:
+        knobs["max_tokens"] = DEFAULT_MAX_TOKENS
+    params = SamplingParams.build(**knobs)
+    if req.best_of is not None and req.best_of != params.n:
+        raise ParamError("best_of", f"best_of must equal n ({params.n}) here; got {req.best_of}")
+    V = lm.vocab_size
+    prompts = [tokens(lm, p, req.add_special_tokens is not False, f"prompt[{k}]" if k is not None else "prompt")
+               for k, p in _prompt_list(req.prompt)]
+    return Plan(prompts, params.with_(n=1, seed=params.seed if params.seed is not None else secrets.randbits(63)),
+                params.n, top_count(req.logprobs, max_logprobs, V), bool(req.return_tokens_as_token_ids),
+                req.logprobs_format == "base64_float32")
+
+
+def _prompt_list(prompt) -> list[tuple[int | None, str | list[int]]]:
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [(None, prompt)]
+    if not prompt:
+        raise ParamError("prompt", "prompt must not be empty: a text, a list of token ids, or a list of either")
+    return list(enumerate(prompt))
+
+
+def tokens(lm: LoadedModel, prompt: str | list[int], special: bool, param: str) -> list[int]:
+    """A prompt's token ids, checked against the vocabulary and the context window."""
+    if isinstance(prompt, str):
+        ids = list(lm.tokenizer(prompt, add_special_tokens=special)["input_ids"])
+    else:
+        ids = list(prompt)
+        bad = next((t for t in ids if not 0 <= t < lm.vocab_size), None)
+        if bad is not None:
+            raise ParamError(param, f"{param}: token id {bad} is outside the vocabulary [0, {lm.vocab_size - 1}]")
+    if not ids:
+        raise ParamError(param, f"{param} is empty: at least one token is needed")
+    if len(ids) >= lm.context_length:
+        raise ParamError(param, f"{param} is {len(ids)} tokens, but the model's context window is {lm.context_length} "
+                         f"tokens and leaves no room for a completion: at most {lm.context_length - 1}",
+                         code="context_length_exceeded")
+    return ids
+
+
+def top_count(logprobs: int | None, cap: int, V: int) -> int | None:
+    """How many top values per token a request gets (V: all), or None without logprobs."""
+    if logprobs is None:
+        return None
+    if cap == -1:
+        if logprobs < -1:
+            raise ParamError("logprobs", f"logprobs must be -1 (the whole vocabulary) or in [0, {V}]; got {logprobs}")
+        return V if logprobs == -1 else min(logprobs, V)
+    if logprobs == -1:
+        raise ParamError("logprobs", f"logprobs -1 (the whole vocabulary) needs a server started with --max-logprobs -1; "
+                         f"this one allows [0, {cap}]")
+    if not 0 <= logprobs <= cap:
+        raise ParamError("logprobs", f"logprobs must be in [0, {cap}] on this server (--max-logprobs {cap}); got {logprobs}")
+    return logprobs
+
+
+# --- the values a position reports ------------------------------------------------------------------
+
+def step_values(lm: LoadedModel, gen: Generation, mode: str) -> list[torch.Tensor]:
+    """Per drawn step of the job's one completion, the (V,) float32 values `mode` names. Tensor work: run it
+    on the decode loop's thread (Scheduler.call)."""
+    steps = gen.completions[0]
+    xs = [gen.snapshots[s.position].logits for s in steps]  # the model's raw logits, captured as drawn
+    if mode.startswith("processed"):
+        xs = _final_logits(lm, gen, xs)
+    if mode.endswith("logprobs"):
+        xs = [torch.log_softmax(x.float(), dim=-1) for x in xs]
+    return xs
+
+
+def _final_logits(lm: LoadedModel, gen: Generation, raw: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The pipeline run again on each step's raw logits with the row's history, as the decode loop ran it
+    (engine/whatif.py does the same for one step): the final logits each token was drawn from."""
+    params, V, dev = gen.params, lm.vocab_size, lm.device
+    history = list(gen.prompt_ids)
+    seen = torch.zeros(1, V, dtype=torch.bool, device=dev)
+    seen[0, torch.tensor(history, device=dev)] = True
+    counts = torch.zeros(1, V, dtype=torch.float32, device=dev)
+    bias = gen.dense_bias()
+    memory = [dict(gen.memory)]
+    out = []
+    for step, x in zip(gen.completions[0], raw):
+        ctx = SamplerContext.of(params, seen.clone(), counts.clone(), None if bias is None else bias[None], None,
+                                history=[list(history) if uses_dry(params) else None], breakers=[gen.dry_breakers],
+                                memory=memory, coords=[(gen.seed, gen.first_index, step.position)])
+        stages = run_pipeline(x.to(dev)[None], ctx)
+        token = step.token_id
+        learn(stages, ctx, torch.tensor([token], device=dev))
+        out.append(stages[-1][1][0].float().cpu())
+        seen[0, token] = True
+        counts[0, token] += 1
+        history.append(token)
+    return out
+
+
+def top_of(x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, values) of the k highest values of x (V,), highest first; all of them when k = V."""
+    if k >= x.shape[-1]:
+        values, ids = x.sort(descending=True, stable=True)
+    else:
+        values, ids = x.topk(k)
+    return ids.numpy().astype(np.int64), values.numpy().astype(np.float32)
+
+
+# --- the response -----------------------------------------------------------------------------------
+
+class Names:
+    """Token names for logprobs: the token's text (as the chat endpoint shows it) or 'token_id:123'."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self._all: list[str] | None = None
+        self._lock = threading.Lock()
+
+    def text(self, ids) -> list[str]:
+        if len(ids) == self.lm.vocab_size:
+            with self._lock:
+                if self._all is None:
+                    self._all = [self.lm.token_text(i) for i in range(self.lm.vocab_size)]
+            return [self._all[i] for i in ids]
+        return [self.lm.token_text(int(i)) for i in ids]
+
+
+def _json_value(v: float) -> float:
+    return v if np.isfinite(v) else -9999.0  # JSON has no -inf; vLLM and OpenAI report -9999.0
+
+
+def logprobs_body(gen: Generation, values: list[torch.Tensor], plan_: Plan, names: Names) -> dict:
+    steps = gen.completions[0]
+    V = names.lm.vocab_size
+    name_of = (lambda ids: [f"token_id:{int(i)}" for i in ids]) if plan_.as_ids else names.text
+    chosen = [s.token_id for s in steps]
+    out = {"text_offset": [], "token_logprobs": [], "tokens": name_of(chosen), "top_logprobs": []}
+    offset = 0
+    for step, x in zip(steps, values):
+        out["text_offset"].append(offset)
+        offset += len(step.text)
+        out["token_logprobs"].append(_json_value(float(x[step.token_id])))
+    if plan_.binary:
+        out["top_logprobs"] = None
+        out["top_logprobs_base64"] = [_base64_entry(x, plan_.top, V) for x in values]
+        return out
+    for step, x in zip(steps, values):
+        ids, vals = top_of(x, plan_.top)
+        entry = dict(zip(name_of(ids), map(_json_value, vals.tolist())))
+        entry.setdefault(name_of([step.token_id])[0], _json_value(float(x[step.token_id])))  # vLLM adds the chosen
+        out["top_logprobs"].append(entry)
+    return out
+
+
+def _base64_entry(x: torch.Tensor, k: int, V: int) -> dict:
+    if k >= V:
+        return {"ids": None, "values": base64.b64encode(x.numpy().astype("<f4").tobytes()).decode()}
+    ids = x.topk(k).indices.sort().values  # (k,) in token-id order
+    return {"ids": base64.b64encode(ids.numpy().astype("<i4").tobytes()).decode(),
+            "values": base64.b64encode(x[ids].numpy().astype("<f4").tobytes()).decode()}
+
+
+def decode_base64_entry(entry: dict, V: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, values) from a top_logprobs_base64 entry: what a client does with one."""
+    values = np.frombuffer(base64.b64decode(entry["values"]), dtype="<f4")
+    ids = np.arange(V) if entry["ids"] is None else np.frombuffer(base64.b64decode(entry["ids"]), dtype="<i4")
+    return ids, values
+
+
+# --- routes -----------------------------------------------------------------------------------------
+
+class TokenizeRequest(_Wire):
+    """POST /tokenize: vLLM's TokenizeCompletionRequest or TokenizeChatRequest (prompt or messages)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool | None = None  # default: true for a prompt, false for messages (as vLLM)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Wire):
+    model: str | None = None
+    tokens: list[int]
+
+
+def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
+    """Add the routes to the API app (before its catch-all /v1 route). `settings`: the ApiSettings, whose
+    max_logprobs, logprobs_mode and kv_store_bytes are the server's flags."""
+    if settings.logprobs_mode not in LOGPROBS_MODES:
+        raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}; got {settings.logprobs_mode!r}")
+    stores: dict[str, KVStore] = {}
+    names: dict[str, Names] = {}
+    lock = threading.Lock()
+
+    def store(lm: LoadedModel) -> KVStore | None:
+        if settings.kv_store_bytes <= 0:
+            return None
+        with lock:
+            return stores.setdefault(lm.name, KVStore(settings.kv_store_bytes))
+
+    def names_of(lm: LoadedModel) -> Names:
+        with lock:
+            return names.setdefault(lm.name, Names(lm))
+
+    app.state.kv_stores = stores  # for tests and the bench: reuse counts and sizes
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        lm = lookup(host, body.model)
+        p = await run_in_threadpool(plan, body, lm, settings.max_logprobs)
+        if len(p.prompts) * p.n > host.limits.max_rows:
+            raise ParamError("n", f"prompts x n = {len(p.prompts)} x {p.n} is more than this server decodes at once "
+                             f"({host.limits.max_rows} rows); send fewer prompts or a lower n")
+        capture = p.top is not None
+        jobs = []
+        for ids in p.prompts:
+            for i in range(p.n):
+                gen = Generation(lm, ids, p.params, first_index=i, capture=capture)
+                gen.kv_store = store(lm)
+                jobs.append(gen)
+        scheduler = host.scheduler(lm.name)
+        client = client_of(settings, request.headers, request.client.host if request.client else None)
+        try:
+            feeds = [Steps(scheduler, gen, client) for gen in jobs]
+            for feed in feeds:
+                while (item := await feed.next(timeout=0.5)) is not END:
+                    if item is None and await request.is_disconnected():
+                        return Response(status_code=499)
+        finally:
+            for gen in jobs:
+                gen.stop()
+        values = None
+        if capture:
+            mode = settings.logprobs_mode
+            values = await run_in_threadpool(scheduler.call, lambda: [step_values(lm, g, mode) for g in jobs])
+        text = await run_in_threadpool(_body, lm, jobs, values, p, names_of(lm))
+        return Response(text, media_type="application/json")
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        lm = lookup(host, body.model)
+        return await run_in_threadpool(_tokenize, lm, body)
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        lm = lookup(host, body.model)
+        bad = next((t for t in body.tokens if not 0 <= t < lm.vocab_size), None)
+        if bad is not None:
+            raise ParamError("tokens", f"token id {bad} is outside the vocabulary [0, {lm.vocab_size - 1}]")
+        return {"prompt": lm.tokenizer.decode(body.tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)}
+
+
+def _body(lm: LoadedModel, jobs: list[Generation], values, p: Plan, names: Names) -> str:
+    choices = []
+    for k, gen in enumerate(jobs):
+        choices.append({
+            "index": k, "text": gen.texts[0],
+            "logprobs": None if values is None else logprobs_body(gen, values[k], p, names),
+            "finish_reason": gen.finish_reasons[0], "stop_reason": None, "prompt_logprobs": None,
+        })
+    prompt_tokens = sum(len(ids) for ids in p.prompts)
+    completion_tokens = sum(g.completion_tokens for g in jobs)
+    body = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
+            "model": lm.name, "system_fingerprint": fingerprint(lm), "seed": p.params.seed, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+    return json.dumps(body, ensure_ascii=False, allow_nan=False)
+
+
+def _tokenize(lm: LoadedModel, body: TokenizeRequest) -> dict:
+    if (body.prompt is None) == (body.messages is None):
+        raise ParamError("prompt", "send either prompt (a text) or messages (a conversation), not both and not neither")
+    if body.prompt is not None:
+        ids = list(lm.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens is not False)["input_ids"])
+    else:
+        messages = check_messages([m.model_dump(exclude_none=True) for m in body.messages])
+        msgs, kwargs = prompt_messages(messages, [], lm.tokenizer)
+        try:
+            text = lm.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
+                continue_final_message=body.continue_final_message, tokenize=False, **kwargs)
+        except Exception as e:  # a template may refuse a conversation (roles out of order, ...)
+            raise ParamError("messages", f"the model's chat template refused these messages: {e}") from None
+        # As vLLM: the template's text, tokenized without the tokenizer's own special tokens unless asked.
+        ids = list(lm.tokenizer(text, add_special_tokens=body.add_special_tokens is True)["input_ids"])
+    out = {"count": len(ids), "max_model_len": lm.context_length, "tokens": ids, "token_strs": None}
+    if body.return_token_strs:
+        out["token_strs"] = lm.tokenizer.convert_ids_to_tokens(ids)
+    return out
