@@ -1,6 +1,7 @@
 """Sampling Playground: the Gradio UI and the OpenAI-compatible HTTP API on one server.
 
     python app.py [--model ID_OR_FOLDER] [--host 127.0.0.1] [--port 7860] [--api-key KEY] [--threads N]
+                  [--max-logprobs 20] [--logprobs-mode raw_logprobs] [--kv-store-mb 256]
 """
 
 from __future__ import annotations
@@ -19,6 +20,30 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _logprobs_cap(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, or -1 for no cap, got {text!r}")
+    return value
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (megabytes; 0 turns it off), got {text!r}")
+    return value
+
+
+# playground/api_completions.LOGPROBS_MODES, written out: importing it would load torch before the threads are set.
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=_positive_int, default=os.environ.get("PLAYGROUND_THREADS"),
                    help="intra-op threads for tensor work, fixed for the process and part of the system_fingerprint "
                         "(env PLAYGROUND_THREADS; default: one less than the cores, see engine/threads.py)")
+    p.add_argument("--max-logprobs", type=_logprobs_cap, default=20,
+                   help="most top values /v1/completions returns per token; -1: no cap, and logprobs: -1 gets the whole vocabulary")
+    p.add_argument("--logprobs-mode", choices=LOGPROBS_MODES, default="raw_logprobs",
+                   help="what /v1/completions' logprobs are (as vLLM's flag): the model's raw values, or the final "
+                        "distribution's after every sampler stage; logprobs or logits")
+    p.add_argument("--kv-store-mb", type=_megabytes, default=256,
+                   help="KV caches of sequences just served, kept so a request that continues one costs only its new tokens; 0: off")
     return p.parse_args(argv)
 
 
@@ -72,7 +104,9 @@ def build_app(host, args: argparse.Namespace):
     from playground.api import ApiSettings, create_api
     from playground.ui import build_ui, launch_kwargs
 
-    settings = ApiSettings(api_key=args.api_key, open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")))
+    settings = ApiSettings(api_key=args.api_key, open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")),
+                           max_logprobs=args.max_logprobs, logprobs_mode=args.logprobs_mode,
+                           kv_store_bytes=args.kv_store_mb * 2**20)
     app = create_api(host, settings)
     demo = build_ui(host)
     return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
