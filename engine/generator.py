@@ -78,7 +78,7 @@ class Generation:
         self.snapshots: dict[int, "Snapshot"] = {}  # position -> what completion 0 sampled from there
         self.constrained = grammar is not None or thinking is not None
         self.stages = ("raw", *(("constraint",) if self.constrained else ()), *params.sampler_order)
-        self.thinking = thinking
+        self.grammar, self.thinking = grammar, thinking  # kept to rebuild it elsewhere (playground/zerogpu.py)
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.max_tokens = self._fit_length()
         self._check_bias()

@@ -1,5 +1,8 @@
 """The models this server holds, shared by the UI and the HTTP API (loaded once, never per session), each
-with the one scheduler that decodes for everyone."""
+with the one scheduler that decodes for everyone.
+
+The kind of scheduler is chosen here, once: the shared decode loop (engine/scheduler.py), or on ZeroGPU
+(`gpu`, a decorator from playground/zerogpu.py) one GPU call per action. Callers never ask which."""
 
 from __future__ import annotations
 
@@ -8,14 +11,26 @@ from typing import Callable
 
 from engine.model import LoadedModel, load_model
 from engine.scheduler import Limits, Scheduler
+from playground import zerogpu
+
+
+# ZeroGPU packs the tensors that exist when the app starts, for the workers it forks; a model loaded later
+# would not be in them.
+LOAD_OFF = ("Loading a model is off on ZeroGPU: a GPU call sees only the models packed when the Space started. "
+            "Name the model at start instead (--model, or the PLAYGROUND_MODEL variable).")
 
 
 class ModelHost:
-    def __init__(self, first: LoadedModel, device: str = "auto", dtype: str = "auto", limits: Limits = Limits()):
+    def __init__(self, first: LoadedModel, device: str = "auto", dtype: str = "auto", limits: Limits = Limits(),
+                 gpu: zerogpu.Decorator | None = None):
         self._models: dict[str, LoadedModel] = {first.name: first}
         self._schedulers: dict[str, Scheduler] = {}
         self.default = first.name
         self.device, self.dtype, self.limits = device, dtype, limits
+        self.gpu = gpu  # ZeroGPU: each model action is a call through this decorator; None: the shared loop
+        self.load_off = None if gpu is None else LOAD_OFF  # why "Load model" is off, None where it works
+        if gpu is not None:
+            zerogpu.register(first)  # before ZeroGPU's start-up packs the tensors and forks a worker
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -30,11 +45,15 @@ class ModelHost:
         lm = self.get(name)
         with self._lock:
             if lm.name not in self._schedulers:
-                self._schedulers[lm.name] = Scheduler(lm, self.limits)
+                self._schedulers[lm.name] = (Scheduler(lm, self.limits) if self.gpu is None
+                                             else zerogpu.GpuScheduler(lm, self.limits, self.gpu))
             return self._schedulers[lm.name]
 
     def load(self, name: str, progress: Callable[[str], None] | None = None) -> LoadedModel:
-        """Load another model (Hub id or folder) next to the others, once; it becomes selectable."""
+        """Load another model (Hub id or folder) next to the others, once; it becomes selectable.
+        RuntimeError where loading is off (load_off says why)."""
+        if self.load_off and name not in self._models:
+            raise RuntimeError(self.load_off)
         with self._lock:
             if name not in self._models:
                 self._models[name] = load_model(name, self.device, self.dtype, progress=progress)

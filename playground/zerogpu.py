@@ -1,0 +1,341 @@
+"""ZeroGPU: every model action as one `@spaces.GPU` generator call, chosen once when the app starts.
+
+On a ZeroGPU Space (hub-docs spaces-zerogpu.md; the `spaces` package 0.51.3) the process holds a GPU
+only inside a call decorated with `@spaces.GPU`. Each call runs in a worker forked from the main process
+(kept for later calls while idle), and its arguments, result and every value it yields are pickled. The
+shared decode loop (engine/scheduler.py) does its tensor work on a thread of the main process, outside
+any call, so there the ModelHost hands out a `GpuScheduler` instead. It answers the same small interface,
+`submit(gen, listener, client) -> Ticket` and `call(fn)`, so every UI action (and any later one) that
+gets its model work from `host.scheduler(...)` runs inside a GPU call without knowing it:
+
+    request = GpuRequest.of(gen)      # plain data: model name, prompt, params with the seed fixed, prefix...
+    for update in decode(request):    # in the GPU call: the Generation rebuilt and iterated alone, in a private Batch
+        update.steps, update.texts, update.finish_reasons, update.snapshots   # numpy, str, CPU tensors
+
+What lives where. Everything that outlives a call stays in the main process: the Generation the UI built
+(its texts, finish reasons, completions and captured snapshots are filled from the updates), the what-if
+snapshot cache and the runs. The worker keeps nothing: it sees the model only through MODELS, the models
+registered at start-up (the only ones ZeroGPU packs for its workers). `call(fn)` rebuilds fn (by value,
+cloudpickle) with each LoadedModel in it as a CPU view without weights and runs it here: a what-if on a
+cached snapshot is CPU work and costs no GPU call. Only when fn touches the weights (a logit lens's
+forward pass) does it go, by value with each model by name, to a GPU call.
+
+Whose quota. ZeroGPU charges a call to the visitor whose Gradio request is in the caller's context
+(`gradio.context.LocalContext.request`, a ContextVar). A ticket's call runs on a short thread started with
+a copy of the submitting thread's context, so a UI handler's call is its visitor's; /v1 calls carry no
+request and draw on the Space's own quota (playground/api.py turns /v1 off here by default).
+
+Outside ZeroGPU the real decorator does nothing, so tests and benchmarks force the mode (`app.py
+--zerogpu`) with `pickled`: it does to the data what ZeroGPU does (request, function and every yield go
+through pickle) and runs the call on a thread of its own, as the worker does.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import queue
+import threading
+from contextvars import copy_context
+from dataclasses import dataclass, replace
+from functools import wraps
+from typing import Any, Callable, Hashable, Iterator, TypeVar
+
+import torch
+
+from engine.constraints import Grammar
+from engine.generator import Generation
+from engine.knob import ParamError
+from engine.knobs import SamplingParams
+from engine.model import LoadedModel
+from engine.reasoning import Thinking
+from engine.scheduler import END, Limits, Refused, Ticket
+from engine.trace import Step
+from engine.whatif import Snapshot
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# The models a GPU call can use, by name: registered in the main process before ZeroGPU's start-up packs
+# their tensors and before any worker is forked (a worker sees the process as it was when forked).
+MODELS: dict[str, LoadedModel] = {}
+
+# A call's `duration` (seconds of GPU the visitor's quota is charged up front, and when ZeroGPU may cut
+# it): rows x steps x a step's time, with a margin. STEP_S: measured on an H200 (bf16, every stage and the
+# recorder on; /work/shared/TOOLCHAIN.md): 26.5 ms a step at n = 1, 28.9 at 8, 29.2 at 32, 37.2 at 128.
+STEP_S, ROW_S = 0.026, 0.00009
+MARGIN = 1.5
+START_S = 5.0  # a first call moves the weights to the GPU; the prompt's prefill
+
+
+def on_zerogpu() -> bool:
+    """Whether this process runs on a ZeroGPU Space: what the `spaces` package reads (SPACES_ZERO_GPU)."""
+    try:
+        from spaces.config import Config
+    except ImportError:  # no `spaces` package: not a Space, or one without ZeroGPU
+        return False
+    return Config.zero_gpu
+
+
+def register(lm: LoadedModel) -> None:
+    MODELS[lm.name] = lm
+
+
+# --- what crosses the process boundary --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """One Generation as plain data: what the worker needs to rebuild it (the model by name)."""
+
+    model: str
+    prompt_ids: list[int]
+    params: SamplingParams  # with the seed the main process chose, so both sides draw the same numbers
+    prefix_ids: list[int]
+    grammar: Grammar | None
+    thinking: Thinking | None
+    first_index: int
+    memory: dict
+    replay_prefix: bool
+    capture: bool
+    max_tokens: int  # the fitted length, for the call's duration
+
+    @classmethod
+    def of(cls, gen: Generation) -> "GpuRequest":
+        return cls(gen.lm.name, list(gen.prompt_ids), gen.params.with_(seed=gen.seed), list(gen.prefix_ids),
+                   gen.grammar, gen.thinking, gen.first_index, dict(gen.memory), gen.replay_prefix, gen.capture,
+                   gen.max_tokens)
+
+    def generation(self) -> Generation:
+        return Generation(MODELS[self.model], self.prompt_ids, self.params, prefix_ids=self.prefix_ids,
+                          grammar=self.grammar, thinking=self.thinking, first_index=self.first_index,
+                          memory=self.memory, replay_prefix=self.replay_prefix, capture=self.capture)
+
+    @property
+    def steps(self) -> int:
+        """Decode steps the call may take: a replayed prefix goes in one token a step, then the new tokens."""
+        return (len(self.prefix_ids) if self.replay_prefix else 0) + self.max_tokens
+
+
+@dataclass
+class Update:
+    """What one decode step changed, as the main process's Generation must see it."""
+
+    steps: list[Step]
+    texts: list[str]
+    finish_reasons: list[str | None]
+    snapshots: dict[int, Snapshot]  # position -> CPU tensors, taken out of the worker's Generation
+
+    def apply(self, gen: Generation) -> None:
+        gen.texts[:] = self.texts
+        gen.finish_reasons[:] = self.finish_reasons
+        gen.snapshots.update(self.snapshots)
+        for step in self.steps:
+            gen.completions[step.index].append(step)
+
+
+def decode(request: GpuRequest) -> Iterator[Update]:
+    """The body of a GPU call: the request's Generation alone, one Update per step, and one at the end
+    (a finish that came without a step, as a cancel's, is in it)."""
+    gen = request.generation()
+    taken: set[int] = set()
+
+    def update(steps: list[Step]) -> Update:
+        snaps = {p: s for p, s in gen.snapshots.items() if p not in taken}
+        taken.update(snaps)
+        gen.snapshots.clear()  # what was sent lives in the main process now
+        return Update(steps, list(gen.texts), list(gen.finish_reasons), snaps)
+
+    for steps in gen:
+        yield update(steps)
+    yield update([])
+
+
+def decode_duration(request: GpuRequest) -> float:
+    """Seconds to ask ZeroGPU for: rows x steps x the measured step time, with a margin."""
+    rows = request.params.n
+    return START_S + MARGIN * request.steps * (STEP_S + ROW_S * rows)
+
+
+class NeedsGpu(BaseException):
+    """A call(fn) run in the main process touched the model's weights: it must run in a GPU call. A
+    BaseException, so that an `except Exception` inside fn cannot take it for its own error."""
+
+
+class _NoWeights:
+    """The model as the main process may use it: any use of the weights raises NeedsGpu."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise NeedsGpu(name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NeedsGpu("forward")
+
+
+def _cpu_view(lm: LoadedModel) -> LoadedModel:
+    """The model's tokenizer and facts, on the CPU, without its weights."""
+    return replace(lm, model=_NoWeights(), device=torch.device("cpu"))
+
+
+def dumps_call(fn: Callable[[], Any]) -> bytes:
+    """fn by value (cloudpickle: a lambda and what it holds), every LoadedModel in it by name."""
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def persistent_id(self, obj: Any) -> str | None:
+            return obj.name if isinstance(obj, LoadedModel) else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+    return buf.getvalue()
+
+
+def loads_call(fn_bytes: bytes, model: Callable[[str], LoadedModel]) -> Callable[[], Any]:
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, name: str) -> LoadedModel:
+            return model(name)
+
+    return Unpickler(io.BytesIO(fn_bytes)).load()
+
+
+def run_call(fn_bytes: bytes) -> Iterator[Any]:
+    """The body of a GPU call for Scheduler.call: fn() where the models are. A generator (one yield),
+    like decode, so that both calls go through the same decorator."""
+    yield loads_call(fn_bytes, MODELS.__getitem__)()
+
+
+CALL_S = 10.0  # a call(fn): one forward pass or one resample, and the weights' move on a first call
+
+
+def call_duration(fn_bytes: bytes) -> float:
+    return CALL_S
+
+
+# --- the decorators ---------------------------------------------------------------------------------
+
+Decorator = Callable[[Callable[..., Iterator[Any]], Callable[..., float]], Callable[..., Iterator[Any]]]
+
+
+def spaces_gpu(task: Callable[..., Iterator[Any]], duration: Callable[..., float]) -> Callable[..., Iterator[Any]]:
+    """The real one: `spaces.GPU` (on ZeroGPU a forked worker; elsewhere it returns the task itself)."""
+    import spaces
+
+    return spaces.GPU(task, duration=duration)
+
+
+def pickled(task: Callable[..., Iterator[Any]], duration: Callable[..., float]) -> Callable[..., Iterator[Any]]:
+    """What ZeroGPU does to the data, without a GPU: the arguments and every yield pass through pickle,
+    and the task runs on a thread of its own (a worker's). Closing the returned generator stops the task
+    at its next yield, as ZeroGPU's stop event does. Used by --zerogpu outside a Space."""
+
+    @wraps(task)
+    def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+        duration(*args, **kwargs)  # ZeroGPU computes it before the call: a bug in it shows here too
+        items: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def work() -> None:
+            made = task(*args, **kwargs)
+            try:
+                for item in made:
+                    items.put(("item", pickle.dumps(item)))
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # the caller gets it, as ZeroGPU hands back the worker's error
+                items.put(("error", e))
+            finally:
+                made.close()
+                items.put(("end", None))
+
+        worker = threading.Thread(target=work, name="zerogpu-call", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = items.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield pickle.loads(value)
+        finally:
+            stop.set()
+            while worker.is_alive():  # let it reach its next put and see the stop
+                try:
+                    items.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+    return call
+
+
+# --- the scheduler ------------------------------------------------------------------------------------
+
+
+class GpuScheduler:
+    """The model's Scheduler on ZeroGPU: each submitted Generation decodes in one GPU call of its own
+    (ZeroGPU queues the calls and gives each its GPU); each call(fn) is one GPU call too."""
+
+    def __init__(self, lm: LoadedModel, limits: Limits = Limits(), gpu: Decorator = spaces_gpu):
+        self.lm, self.limits = lm, limits
+        register(lm)
+        self._decode = gpu(decode, decode_duration)
+        self._call = gpu(run_call, call_duration)
+        self.stats = {"most_jobs_in_a_step": 1}
+        self.calls = 0  # GPU calls made, for tests and the benchmark
+
+    @property
+    def waiting(self) -> int:
+        return 0  # ZeroGPU keeps its own queue, and says nothing of it
+
+    def submit(self, job: Generation, listener: Callable[[Any], None] | None = None, client: Hashable = None) -> Ticket:
+        """Start the job's GPU call (on a short thread that carries the caller's context, and with it the
+        visitor's Gradio request); its steps reach the ticket as from the shared loop."""
+        if job.params.n > self.limits.max_rows:
+            raise Refused(f"n = {job.params.n} completions is more than this server decodes at once "
+                          f"({self.limits.max_rows} rows); lower n.", "n")
+        ticket = Ticket(job, listener, client)
+        ctx = copy_context()
+        threading.Thread(target=ctx.run, args=(self._drive, ticket), name=f"zerogpu:{self.lm.name}", daemon=True).start()
+        return ticket
+
+    def _drive(self, ticket: Ticket) -> None:
+        gen = ticket.job
+        ticket.admitted.set()
+        try:
+            if not gen.stopping():
+                self.calls += 1
+                updates = self._decode(GpuRequest.of(gen))
+                try:
+                    for update in updates:
+                        update.apply(gen)
+                        if update.steps:
+                            ticket.deliver(update.steps)
+                        if gen.stopping():
+                            break
+                finally:
+                    updates.close()
+        except Exception as e:  # this job's alone, as in the shared loop
+            if not isinstance(e, ParamError):
+                log.error("a GPU call failed", exc_info=e)
+            ticket.deliver(e)
+        if gen.stopping():
+            gen.finish_reasons[:] = [r or "cancelled" for r in gen.finish_reasons]
+        ticket.deliver(END)
+
+    def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """fn() in this process, on the CPU, when it needs no weights (a what-if resamples a cached
+        snapshot's logits: no GPU call, no quota); else in a GPU call, where the models are."""
+        sent = dumps_call(fn)
+        try:
+            return loads_call(sent, lambda name: _cpu_view(MODELS[name]))()
+        except NeedsGpu:
+            pass
+        self.calls += 1
+        [result] = self._call(sent)
+        return result
+
+    def close(self) -> None:
+        pass
+
