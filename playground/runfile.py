@@ -59,6 +59,7 @@ def _saved(data: dict[str, Any]) -> dict[str, Any]:
     run["params"] = _params(run["params"])
     run["texts"] = _texts(run["texts"])
     _check_completions(run["completions"], len(run["stages"]))
+    _check_hand_picked(run)
     run.setdefault("branch_of", None)
     run.setdefault("first_index", 0)
     run.setdefault("extras", {})
@@ -130,6 +131,15 @@ def _texts(raw: Any) -> dict[int, str]:
         return {int(k): str(v) for k, v in raw.items()}
     except ValueError:
         raise ValueError("token texts must be keyed by token id") from None
+
+
+def _check_hand_picked(run: dict[str, Any]) -> None:
+    """A run's "hand_picked" (manual mode, playground/manual_runs.py): the positions of completion 1 whose token was
+    chosen by hand. Files without it (older ones, or made by generating) picked none."""
+    picked = run.get("hand_picked", [])
+    made = len(run["completions"][0]["steps"])
+    if not isinstance(picked, list) or not all(isinstance(p, int) and 0 <= p < made for p in picked):
+        raise ValueError(f"hand_picked must be a list of step positions in [0, {made - 1}]")
 
 
 def _check_completions(completions: Any, n_stages: int) -> None:
