@@ -18,6 +18,7 @@ import gradio as gr
 from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
 from playground import tokenview, ui_events
+from playground import futures, ui_futures, ui_lens
 from engine.scheduler import Limits
 from playground.models import ModelHost
 from playground.sweeps import MAX_SAMPLES, MAX_VALUES, METRICS, SWEEPABLE
@@ -55,6 +56,18 @@ HEAD = """
         const step = ev.points && ev.points.length ? ev.points[0].x : null;
         const tok = document.querySelector(`#tokenview [data-step="${step}"]`);
         if (tok) tok.click();
+      });
+    });
+    // A click on a box of the futures tree puts its node id in the "Node" box, which lists its continuations.
+    document.querySelectorAll('#futures-plot .js-plotly-plot').forEach((plot) => {
+      if (plot.dataset.nodeHook || typeof plot.on !== 'function') return;
+      plot.dataset.nodeHook = '1';
+      plot.on('plotly_click', (ev) => {
+        const id = ev.points && ev.points.length ? ev.points[0].id : null;
+        const box = document.querySelector('#futures-node textarea, #futures-node input');
+        if (!id || !box) return;
+        box.value = id;
+        box.dispatchEvent(new Event('input', {bubbles: true}));
       });
     });
     document.querySelectorAll('#sweep-plot .js-plotly-plot').forEach((plot) => {
@@ -351,6 +364,36 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                             replay_btn = gr.Button("Replay this step", scale=1, elem_id="replay")
                         c["replay_note"] = gr.Markdown(elem_id="replay-note")
                         c["replay_plot"] = gr.Plot(elem_id="replay-plot", show_label=False)
+                    with gr.Tab("Many futures", elem_id="tab-futures"):
+                        gr.Markdown("Draw N continuations of k tokens from the selected step (or the start) under the "
+                                    "run's own settings, all at once in the shared batch, and see them as a tree: each "
+                                    "box is a token, as tall as the futures through it, coloured by its probability "
+                                    "under the model. The run's own text is marked ★. Click a box to read its "
+                                    "continuations. Needs the model (a loaded run keeps only compact records).")
+                        with gr.Row():
+                            c["futures_from"] = gr.Radio(list(ui_futures.FROM), value=ui_futures.FROM[0], label="From",
+                                                         elem_id="futures-from", scale=2)
+                            c["futures_n"] = gr.Number(16, label=f"futures N [1, {host.limits.max_rows}]", precision=0,
+                                                       elem_id="futures-n", scale=1)
+                            c["futures_k"] = gr.Number(6, label=f"tokens each k [1, {futures.MAX_TOKENS}]", precision=0,
+                                                       elem_id="futures-k", scale=1)
+                            c["futures_btn"] = gr.Button("Draw the futures", scale=1, elem_id="futures")
+                        c["futures_status"] = gr.HTML(elem_id="futures-status")
+                        c["futures_note"] = gr.Markdown(elem_id="futures-note")
+                        c["futures_plot"] = gr.Plot(elem_id="futures-plot", show_label=False)
+                        c["futures_node"] = gr.Textbox(futures.ROOT, label="Node (click a box in the tree)", elem_id="futures-node")
+                        c["futures_texts"] = gr.HTML(elem_id="futures-texts")
+                        c["futures_json"] = gr.File(label="The tree as JSON", elem_id="futures-json", interactive=False)
+                        c["futures_state"] = gr.State(None)
+                    with gr.Tab("Logit lens", elem_id="tab-lens"):
+                        gr.Markdown("What the model would predict if it stopped after each layer: the selected step's "
+                                    "prefix goes through the model once, and every layer's hidden state is read through "
+                                    "the model's final norm and output head. Needs the model, a local Llama-, Mistral- "
+                                    "or Qwen-shaped one.")
+                        c["lens_btn"] = gr.Button("Look through the layers at this step", elem_id="lens")
+                        c["lens_note"] = gr.Markdown(elem_id="lens-note")
+                        c["lens_heatmap"] = gr.Plot(elem_id="lens-heatmap", show_label=False)
+                        c["lens_rank"] = gr.Plot(elem_id="lens-rank", show_label=False)
                     with gr.Tab("View code"):
                         gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
                                     "(only knobs that differ from the API defaults are sent).")
@@ -441,6 +484,16 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
         pick("compare_view", "runs", "view"), **model_events)
     _on(b["replay"].click, bound(ui_events.replay), {**selection, "preset": c["replay_order"]},
         pick("replay_note", "replay_plot"), **model_events)
+
+    # ---- many futures, the logit lens ----
+    _on(c["futures_btn"].click, bound(ui_futures.run_futures),
+        {**selection, "start_from": c["futures_from"], "n": c["futures_n"], "k": c["futures_k"]},
+        pick("futures_status", "futures_note", "futures_plot", "futures_state", "futures_texts", "futures_json"),
+        **model_events)
+    _on(c["futures_node"].change, ui_futures.pick_node, {"result": c["futures_state"], "node": c["futures_node"]},
+        pick("futures_texts"), **quiet)
+    _on(c["lens_btn"].click, functools.partial(ui_lens.lens, host=host), selection,
+        pick("lens_note", "lens_heatmap", "lens_rank"), **model_events)
 
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))
