@@ -19,6 +19,7 @@ from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
 from playground import tokenview, ui_events
 from playground import futures, ui_futures, ui_lens
+from playground import manual_events, manual_runs
 from engine.scheduler import Limits
 from playground.models import ModelHost
 from playground.sweeps import MAX_SAMPLES, MAX_VALUES, METRICS, SWEEPABLE
@@ -85,7 +86,7 @@ HEAD = """
 </script>
 """
 
-CSS = tokenview.CSS + """
+CSS = tokenview.CSS + manual_events.CSS + """
 .knob-error p { color: #b91c1c; font-weight: 600; margin: 2px 0; }
 #run-error p { color: #b91c1c; font-weight: 600; }
 #sentences li { margin: 2px 0; }
@@ -181,6 +182,11 @@ def _pick_token(evt: gr.EventData):
     return int(evt.step)
 
 
+def _pick_row(evt: gr.EventData):
+    """A click on a row of manual mode's vocabulary table (manual_events.ROW_JS sends its token id)."""
+    return int(evt.token)
+
+
 
 def launch_kwargs() -> dict:
     """css/head/theme for gr.mount_gradio_app (Gradio 6 takes them at launch, not in Blocks)."""
@@ -274,6 +280,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                 c["message"] = gr.Textbox(label="Your message", value=DEFAULT_MESSAGE, lines=2, elem_id="message")
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    c["manual"] = gr.Checkbox(False, label="Manual mode", elem_id="manual",
+                                              info="Generate makes one step and waits: you pick each token (Manual tab).")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                     clear_btn = gr.Button("Clear conversation", elem_id="clear")
                 c["run_error"] = gr.Markdown(elem_id="run-error")
@@ -295,7 +303,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                         c["sentences"] = gr.Markdown(elem_id="sentences")
                         c["alternatives"] = gr.HTML(elem_id="alternatives")
                 c["draw"] = gr.Plot(elem_id="draw", show_label=False)
-                with gr.Tabs():
+                with gr.Tabs() as c["tabs"]:
                     with gr.Tab("What if", elem_id="tab-whatif"):
                         with gr.Row():
                             c["live"] = gr.Checkbox(True, label="Live what-if", scale=1, elem_id="live",
@@ -394,6 +402,36 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                         c["lens_note"] = gr.Markdown(elem_id="lens-note")
                         c["lens_heatmap"] = gr.Plot(elem_id="lens-heatmap", show_label=False)
                         c["lens_rank"] = gr.Plot(elem_id="lens-rank", show_label=False)
+                    with gr.Tab("Manual", id="manual", elem_id="tab-manual"):
+                        gr.Markdown("Turn on **Manual mode** beside Generate, then Generate: the model computes the next "
+                                    "step and stops. Choose its token from the whole vocabulary (searched, sorted and paged "
+                                    "on the server), let the sampler draw it, or rewind. Needs the model.")
+                        c["manual_note"] = gr.Markdown(elem_id="manual-note")
+                        c["manual_text"] = gr.HTML(elem_id="manual-text")
+                        with gr.Row():
+                            c["manual_token"] = gr.Number(None, label="token id to pick (click a row)", precision=0,
+                                                          elem_id="manual-token", scale=1)
+                            c["manual_pick_btn"] = gr.Button("Pick this token", variant="primary", elem_id="manual-pick", scale=1)
+                            c["manual_draw_btn"] = gr.Button("Let the sampler draw", elem_id="manual-draw", scale=1)
+                            c["manual_rewind_n"] = gr.Number(1, label="steps to rewind", precision=0, minimum=1,
+                                                             elem_id="manual-rewind-n", scale=1)
+                            c["manual_rewind_btn"] = gr.Button("Rewind", elem_id="manual-rewind", scale=1)
+                        with gr.Row():
+                            with gr.Column(scale=3):
+                                with gr.Row():
+                                    c["manual_search"] = gr.Textbox(label="Search the vocabulary (text, or #id)",
+                                                                    elem_id="manual-search", scale=3)
+                                    c["manual_sort"] = gr.Dropdown(list(manual_runs.SORTS), value="rank", label="sort by",
+                                                                   elem_id="manual-sort", scale=2)
+                                    c["manual_reverse"] = gr.Checkbox(False, label="reverse", elem_id="manual-reverse", scale=1)
+                                    c["manual_page"] = gr.Number(1, label="page", precision=0, minimum=1,
+                                                                 elem_id="manual-page", scale=1)
+                                c["manual_table"] = gr.HTML(elem_id="manual-table", js_on_load=manual_events.ROW_JS)
+                            with gr.Column(scale=2):
+                                c["manual_inspector"] = gr.Plot(elem_id="manual-inspector", show_label=False)
+                                c["manual_sentences"] = gr.Markdown(elem_id="manual-sentences")
+                                c["manual_draw"] = gr.Plot(elem_id="manual-draw-plot", show_label=False)
+                        c["manual_run"] = gr.State(None)
                     with gr.Tab("View code"):
                         gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
                                     "(only knobs that differ from the API defaults are sent).")
@@ -439,7 +477,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     whatif_in = {**settings, **selection, "live": c["live"]}
     whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
     # Hidden progress: the streamed heads already say waiting or generating, and Gradio's overlay timer redraws.
-    gen_event = _on([b["generate"].click, c["message"].submit], bound(ui_events.generate), settings,
+    gen_event = _on([b["generate"].click, c["message"].submit], bound(manual_events.generate), {**settings, "manual": c["manual"]},
                     pick("run_error", "completions", "tokens", "runs", "history", "finished"), **quiet, **model_events)
     # Drawn once: by the step's change event, or right here when the step stays put (finish_generate).
     finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host),
@@ -494,6 +532,24 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
         pick("futures_texts"), **quiet)
     _on(c["lens_btn"].click, functools.partial(ui_lens.lens, host=host), selection,
         pick("lens_note", "lens_heatmap", "lens_rank"), **model_events)
+
+    # ---- manual mode: Generate makes one step and waits for a pick, a draw or a rewind ----
+    table_in = {"search": c["manual_search"], "sort": c["manual_sort"], "reverse": c["manual_reverse"]}
+    manual_out = pick(*manual_events.PANEL, "manual_run", "manual_page", "runs", "view", "completion", "step")
+    manual_in = {"manual_run": c["manual_run"], **table_in}
+    _on([b["generate"].click, c["message"].submit], bound(manual_events.start), {**settings, "manual": c["manual"], **table_in},
+        {**manual_out, "tabs": c["tabs"]}, **model_events)
+    _on(c["manual_draw_btn"].click, bound(manual_events.draw), manual_in, manual_out, **model_events)
+    _on(c["manual_pick_btn"].click, bound(manual_events.pick), {**manual_in, "token": c["manual_token"]}, manual_out,
+        **model_events)
+    _on(c["manual_rewind_btn"].click, bound(manual_events.rewind), {**manual_in, "count": c["manual_rewind_n"]}, manual_out,
+        **model_events)
+    # A new search or order starts at page 1 (browse's default); the page box moves within it.
+    _on([c["manual_search"].input, c["manual_sort"].input, c["manual_reverse"].input], bound(manual_events.browse), manual_in,
+        manual_out, trigger_mode="always_last", **quiet, **model_events)
+    _on(c["manual_page"].input, bound(manual_events.browse), {**manual_in, "page": c["manual_page"]}, manual_out,
+        trigger_mode="always_last", **quiet, **model_events)
+    c["manual_table"].click(_pick_row, None, c["manual_token"], **quiet)
 
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))
