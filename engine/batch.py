@@ -1,6 +1,12 @@
-"""The rows that decode together: one KV cache for rows of different lengths, one forward pass a step.
+"""The rows that decode together: per-row sampling and recording over the next-token logits that a
+backend gives (engine/backend.py), one step for every row at once.
 
-Ragged rows live in a stock transformers DynamicCache. Rows are right-aligned (left-padded), the way
+`Batch` holds what every kind of model shares: the rows, their histories (seen, counts, logit_bias), the
+pipeline and the draw. What holds the rows' model state and gives their logits is the batch's backend,
+chosen once per model (`lm.new_rows()`): `LocalRows` below for a transformers model, `RemoteRows`
+(engine/remote.py) for an inference server. The batch never asks which one it holds.
+
+The local rows: ragged rows live in a stock transformers DynamicCache. Rows are right-aligned (left-padded), the way
 generate() pads a batch of prompts, with per-row position ids and a 2D padding mask, so every row writes
 the same cache column each step. A job joins by padding its prefilled cache (or the batch's) on the left
 to the common width and concatenating along the batch; rows that finish are selected out, and columns
@@ -100,10 +106,14 @@ class Prefill:
         return True
 
 
-class Batch:
+class LocalRows:
+    """A transformers model's side of the rows (the Rows protocol, engine/backend.py): their KV cache,
+    right-aligned with per-row positions, and the forward pass that gives their next logits."""
+
+    known = None  # every logit is the model's own
+
     def __init__(self, lm: LoadedModel):
         self.lm = lm
-        self.rows: list[Row] = []
         self._clear()
 
     def _clear(self) -> None:
@@ -111,58 +121,32 @@ class Batch:
         self.mask: torch.Tensor | None = None  # (B, W) bool: the cache columns that hold each row's tokens
         self.length: torch.Tensor | None = None  # (B,) int64: tokens in each row, = its next position id
         self._lengths: list[int] = []  # the same on the host
-        self.logits: torch.Tensor | None = None  # (B, V) float32: next-token logits not yet sampled
-        self.pending: torch.Tensor | None = None  # (B,) tokens drawn but not yet through the model
-        self.seen: torch.Tensor | None = None  # (B, V) bool: in the prompt or the output so far
-        self.counts: torch.Tensor | None = None  # (B, V) float32: times generated so far
-        self.bias: torch.Tensor | None = None  # (B, V) float32 logit_bias; None while no row has one
-        self._groups: list[_Group] | None = None
-        self._fed_last = False  # some row fed a prefix token last step: the cached groups are stale
 
     @property
     def width(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
-    @staticmethod
-    def mergeable(cache) -> bool:
+    def prefill(self, job: "Generation", chunk: int = PREFILL_CHUNK) -> Prefill:
+        return Prefill(job, chunk)
+
+    def mergeable(self, cache) -> bool:
         """Whether rows of this cache can share a batch with other jobs' rows: plain full-attention layers
         only (a sliding-window or linear-attention layer keeps state that padding would corrupt)."""
         from transformers.cache_utils import DynamicLayer
 
         return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
-    def jobs(self) -> list["Generation"]:
-        return list(dict.fromkeys(row.job for row in self.rows))
-
-    # --- joining and leaving ------------------------------------------------------------------------
-
-    def join(self, job: "Generation", cache, logits: torch.Tensor) -> None:
-        """Add the n rows of a prefilled job: `cache` holds its prompt (batch 1), `logits` (1, V) its
-        next-token logits. Joins happen between `advance` and `sample`, when every row has its logits.
-        A replay's prefix is not in the cache yet: its rows feed it first, a token a step."""
-        assert self.pending is None, "advance the batch before a job joins"
-        n, V, dev = job.params.n, self.lm.vocab_size, self.lm.device
+    def join(self, job: "Generation", cache, n: int) -> None:
+        """n rows of a prefilled job come last: `cache` holds its prompt (batch 1). A replay's prefix is not
+        in the cache yet (its rows feed it a token a step)."""
+        dev = self.lm.device
         if n > 1:
             cache.batch_repeat_interleave(n)
         L = len(job.prompt_ids) + (0 if job.replay_prefix else len(job.prefix_ids))
-        history = torch.tensor(job.prompt_ids + job.prefix_ids, device=dev)
-        seen = torch.zeros(n, V, dtype=torch.bool, device=dev)
-        seen[:, history[history < V]] = True
-        counts = torch.zeros(n, V, dtype=torch.float32, device=dev)
-        for tok in job.prefix_ids:
-            counts[:, tok] += 1
         mask = torch.ones(n, L, dtype=torch.bool, device=dev)
         length = torch.full((n,), L, dtype=torch.long, device=dev)
-        rows = [Row(job, i, job.row_state(i), len(job.prefix_ids), list(job.prefix_ids) if job.replay_prefix else [])
-                for i in range(n)]
-        logits = logits.expand(n, V)
-        bias = job.dense_bias()
-        # Everything above reads only the job; below, the batch changes (a job that cannot join leaves it as it was).
-        self._lengths += [L] * n
-        if not self.rows:
-            self.cache, self.mask, self.length, self.logits = cache, mask, length, logits
-            self.seen, self.counts = seen, counts
-            self.bias = None if bias is None else bias.expand(n, V)
+        if self.cache is None:
+            self.cache, self.mask, self.length = cache, mask, length
         else:
             W = self.width
             if L < W:
@@ -176,6 +160,106 @@ class Batch:
                 mine.values = torch.cat([mine.values, theirs.values])
             self.mask = torch.cat([self.mask, mask])
             self.length = torch.cat([self.length, length])
+        self._lengths += [L] * n
+
+    def keep(self, keep: list[int]) -> None:
+        """Only these rows stay (some leave; never none); columns no row needs any more leave the cache."""
+        idx = torch.tensor(keep, device=self.lm.device)
+        self.cache.batch_select_indices(idx)
+        self.mask, self.length = self.mask[idx], self.length[idx]
+        self._lengths = [self._lengths[b] for b in keep]
+        unused = self.width - max(self._lengths)
+        if unused > 0:
+            _trim_left(self.cache, unused)
+            self.mask = self.mask[:, unused:]
+
+    def leave_all(self) -> None:
+        self._clear()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each row's token (B,) through the model: the rows' next logits (B, V) float32."""
+        self.mask = F.pad(self.mask, (0, 1), value=True)
+        ragged = attention.groups([n + 1 for n in self._lengths]) if len(self._lengths) > 1 else None
+        if ragged is None:  # every row as long as the cache: no padding at all
+            padding = {}
+        elif self.lm.ragged_attention:  # each row attends to its own columns only, exactly as alone
+            padding = {"ragged_rows": ragged}
+        else:
+            padding = {"attention_mask": self.mask}
+        with torch.inference_mode():
+            out = forward(self.lm.model, tokens[:, None], self.cache, position_ids=self.length[:, None], **padding)
+        self.cache = cache_of(out)
+        self.length = self.length + 1
+        self._lengths = [n + 1 for n in self._lengths]
+        return out.logits[:, -1, :].float()  # (B, V)
+
+    def approximate(self, stages: list[tuple[str, torch.Tensor]], members: list[int]) -> list[tuple[str, ...]]:
+        return [()] * len(members)  # the whole vocabulary, the model's own logits: every stage exact
+
+    def redraw(self, final: torch.Tensor, chosen: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor,
+               members: list[int]) -> list[bool]:
+        return [False] * len(members)  # no rest bucket to land in
+
+
+class Batch:
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.backend = lm.new_rows()  # chosen once, by the model: the batch never asks which kind it is
+        self.rows: list[Row] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.backend.leave_all()
+        self.logits: torch.Tensor | None = None  # (B, V) float32: next-token logits not yet sampled
+        self.pending: torch.Tensor | None = None  # (B,) tokens drawn but not yet through the model
+        self.seen: torch.Tensor | None = None  # (B, V) bool: in the prompt or the output so far
+        self.counts: torch.Tensor | None = None  # (B, V) float32: times generated so far
+        self.bias: torch.Tensor | None = None  # (B, V) float32 logit_bias; None while no row has one
+        self._groups: list[_Group] | None = None
+        self._fed_last = False  # some row fed a prefix token last step: the cached groups are stale
+
+    @property
+    def width(self) -> int:
+        """Token slots each row takes in the backend (the KV cache's width, padding included)."""
+        return self.backend.width
+
+    def prefill(self, job: "Generation", chunk: int = PREFILL_CHUNK):
+        """The job's prompt going into this kind of model: `.advance()` until True, then `.cache` and
+        `.logits` (1, V) for `join`."""
+        return self.backend.prefill(job, chunk)
+
+    def mergeable(self, cache) -> bool:
+        """Whether the rows of this prefilled cache can share a batch with other jobs' rows."""
+        return self.backend.mergeable(cache)
+
+    def jobs(self) -> list["Generation"]:
+        return list(dict.fromkeys(row.job for row in self.rows))
+
+    # --- joining and leaving ------------------------------------------------------------------------
+
+    def join(self, job: "Generation", cache, logits: torch.Tensor) -> None:
+        """Add the n rows of a prefilled job: `cache` holds its prompt (batch 1), `logits` (1, V) its
+        next-token logits. Joins happen between `advance` and `sample`, when every row has its logits.
+        A replay's prefix is not in the cache yet: its rows feed it first, a token a step."""
+        assert self.pending is None, "advance the batch before a job joins"
+        n, V, dev = job.params.n, self.lm.vocab_size, self.lm.device
+        history = torch.tensor(job.prompt_ids + job.prefix_ids, device=dev)
+        seen = torch.zeros(n, V, dtype=torch.bool, device=dev)
+        seen[:, history[history < V]] = True
+        counts = torch.zeros(n, V, dtype=torch.float32, device=dev)
+        for tok in job.prefix_ids:
+            counts[:, tok] += 1
+        rows = [Row(job, i, job.row_state(i), len(job.prefix_ids), list(job.prefix_ids) if job.replay_prefix else [])
+                for i in range(n)]
+        logits = logits.expand(n, V)
+        bias = job.dense_bias()
+        # Everything above reads only the job; below, the batch changes (a job that cannot join leaves it as it was).
+        self.backend.join(job, cache, n)
+        if not self.rows:
+            self.logits = logits
+            self.seen, self.counts = seen, counts
+            self.bias = None if bias is None else bias.expand(n, V)
+        else:
             self.logits = torch.cat([self.logits, logits])
             self.seen = torch.cat([self.seen, seen])
             self.counts = torch.cat([self.counts, counts])
@@ -194,9 +278,8 @@ class Batch:
             return
         if len(keep) == len(self.rows):
             return
+        self.backend.keep(keep)
         idx = torch.tensor(keep, device=self.lm.device)
-        self.cache.batch_select_indices(idx)
-        self.mask, self.length = self.mask[idx], self.length[idx]
         if self.logits is not None:
             self.logits = self.logits[idx]
         if self.pending is not None:
@@ -205,11 +288,6 @@ class Batch:
         if self.bias is not None:
             self.bias = self.bias[idx] if any(self.rows[b].job.params.logit_bias for b in keep) else None
         self.rows = [self.rows[b] for b in keep]
-        self._lengths = [self._lengths[b] for b in keep]
-        unused = self.width - max(self._lengths)
-        if unused > 0:
-            _trim_left(self.cache, unused)
-            self.mask = self.mask[:, unused:]
         self._groups = None
 
     def drop_stopped(self) -> list["Generation"]:
@@ -247,20 +325,7 @@ class Batch:
         if self.pending is None or not self.rows:
             return
         tokens, self.pending = self.pending, None
-        self.mask = F.pad(self.mask, (0, 1), value=True)
-        ragged = attention.groups([n + 1 for n in self._lengths]) if len(self.rows) > 1 else None
-        if ragged is None:  # every row as long as the cache: no padding at all
-            padding = {}
-        elif self.lm.ragged_attention:  # each row attends to its own columns only, exactly as alone
-            padding = {"ragged_rows": ragged}
-        else:
-            padding = {"attention_mask": self.mask}
-        with torch.inference_mode():
-            out = forward(self.lm.model, tokens[:, None], self.cache, position_ids=self.length[:, None], **padding)
-        self.cache = cache_of(out)
-        self.length = self.length + 1
-        self._lengths = [n + 1 for n in self._lengths]
-        self.logits = out.logits[:, -1, :].float()  # (B, V)
+        self.logits = self.backend.forward(tokens)  # (B, V) float32
 
     def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"], dict["Generation", Exception]]:
         """Draw a token for every row, record it, and let finished rows leave. Returns the steps made for
@@ -389,9 +454,16 @@ class Batch:
                     r.job.snapshots[r.position] = Snapshot(stages[0][1][i].detach().float().cpu().clone(), mask)
             u = torch.tensor([uniform(*c) for c in coords], dtype=torch.float64)
             chosen, landing = draw(stages[-1][1], u, g.knobs.greedy)
+            # Where the backend knows only some tokens' values (a server's top K), a draw that landed in the
+            # rest is drawn again within the known ones, and each stage says whether it was exact.
+            redrawn = self.backend.redraw(stages[-1][1], chosen, u, g.knobs.greedy, g.members)
+            approximate = self.backend.approximate(stages, g.members)
             learn(stages, ctx, chosen)
             notes = [{name: v for name, values in ctx.notes.items() if (v := float(values[i])) == v} for i in range(len(rows))]
             made = record(stages, chosen, landing, [p.record_k for p in g.params])
+            for rec, approx, again in zip(made, approximate, redrawn):
+                if approx or again:
+                    rec.update(approximate=approx, rest_redrawn=again)
         except Exception:
             for m, before in zip(memory, saved):
                 m.clear()

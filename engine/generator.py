@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from engine.batch import Batch, Prefill
+from engine.batch import Batch
 from engine.constraints import Grammar
 from engine.detok import IncrementalDecoder
 from engine.dry import DryHistory, dry_breakers, uses_dry
@@ -175,14 +175,14 @@ class Generation:
 
     def __iter__(self) -> Iterator[list[Step]]:
         """Run alone (no scheduler): one list of Steps per step, until every completion has finished."""
-        prefill = Prefill(self)
+        batch = Batch(self.lm)
+        prefill = batch.prefill(self)
         while not prefill.advance():
             if self.stopping():
                 break
         if self.stopping():
             self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
             return
-        batch = Batch(self.lm)
         batch.join(self, prefill.cache, prefill.logits)
         while batch.rows:
             steps, _ = batch.step()

@@ -88,6 +88,13 @@ class LoadedModel:
     source: str = ""  # where the weights came from, for the UI and the README's timings
     _texts: dict[int, str] = field(default_factory=dict, repr=False)
 
+    def new_rows(self):
+        """The backend that holds this model's rows in a decode batch (engine/backend.py): the local
+        transformers forward. A remote model (engine/remote.py) answers with its server instead."""
+        from engine.batch import LocalRows
+
+        return LocalRows(self)
+
     def encode_chat(self, messages: list[dict], **template_kwargs) -> list[int]:
         """Token ids of the conversation through the model's chat template, ready for the assistant."""
         enc = self.tokenizer.apply_chat_template(

@@ -291,7 +291,7 @@ class Scheduler:
             admitted = True
             ticket.ahead = 0
             ticket.admitted.set()
-            self._joining.append((ticket, Prefill(ticket.job, self.limits.prefill_chunk)))
+            self._joining.append((ticket, self.batch.prefill(ticket.job, self.limits.prefill_chunk)))
         if admitted:
             self._number()
 
@@ -330,7 +330,7 @@ class Scheduler:
                 if finished:
                     self._joining.popleft()
                     if self._mergeable is None:
-                        self._mergeable = Batch.mergeable(prefill.cache)
+                        self._mergeable = self.batch.mergeable(prefill.cache)
                     self.batch.join(ticket.job, prefill.cache, prefill.logits)
                     self._running[ticket.job] = ticket
             except Exception as e:

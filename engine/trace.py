@@ -41,6 +41,11 @@ class Step:
     draw: float | None  # where the uniform landed on the final CDF sorted by probability; None if greedy
     finish_reason: str | None = None  # stop | length | cancelled, on a completion's last step
     notes: dict[str, float] = field(default_factory=dict)  # what stages report: mirostat's mu, a dynamic temperature
+    # From a server that gave only its top K (engine/remote.py): the stages whose result at this step depends
+    # on the unknown rest of the vocabulary, and whether the draw landed in that rest and was drawn again
+    # within the known tokens. Always empty / False for a local model.
+    approximate: tuple[str, ...] = ()
+    rest_redrawn: bool = False
 
     def to_dict(self, stages: tuple[str, ...]) -> dict[str, Any]:
         return {
@@ -63,12 +68,14 @@ class Step:
                     "entropy": round(float(self.stage_entropy[s]), 6),
                     "kept": int(self.stage_kept[s]),
                     "removed_mass": round(float(self.stage_removed[s]), 6),
+                    **({"exact": False} if name in self.approximate else {}),
                 }
                 for s, name in enumerate(stages)
             ],
             "draw": None if self.draw is None else round(self.draw, 6),
             "finish_reason": self.finish_reason,
             "notes": {k: round(v, 6) for k, v in self.notes.items()},
+            **({"rest_redrawn": True} if self.rest_redrawn else {}),
         }
 
 
