@@ -1,6 +1,6 @@
 """Sampling Playground: the Gradio UI and the OpenAI-compatible HTTP API on one server.
 
-    python app.py [--model ID_OR_FOLDER] [--host 127.0.0.1] [--port 7860] [--api-key KEY] [--threads N]
+    python app.py [--model ID_OR_FOLDER] [--remote URL --remote-model NAME [--remote-tokenizer ID_OR_FOLDER]] [--host 127.0.0.1] [--port 7860] [--api-key KEY] [--threads N]
                   [--max-logprobs 20] [--logprobs-mode raw_logprobs] [--kv-store-mb 256]
 """
 
@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "distribution's after every sampler stage; logprobs or logits")
     p.add_argument("--kv-store-mb", type=_megabytes, default=256,
                    help="KV caches of sequences just served, kept so a request that continues one costs only its new tokens; 0: off")
+    p.add_argument("--remote", default=None, metavar="URL",
+                   help="also show a model served by an inference server (vLLM, this playground, an OpenAI-compatible "
+                        "provider) with /v1/completions on token prompts and logprobs; its key comes from the env "
+                        "PLAYGROUND_REMOTE_KEY, never from the command line")
+    p.add_argument("--remote-model", default=None, metavar="NAME", help="the model's name on that server (see its /v1/models)")
+    p.add_argument("--remote-tokenizer", default=None, metavar="ID_OR_FOLDER",
+                   help="a local tokenizer for the remote model's vocabulary (default: --remote-model as a Hub id or folder)")
     return p.parse_args(argv)
 
 
@@ -104,12 +111,28 @@ def build_app(host, args: argparse.Namespace):
     from playground.api import ApiSettings, create_api
     from playground.ui import build_ui, launch_kwargs
 
+    if getattr(args, "remote", None):
+        host.add(connect_remote(args))
     settings = ApiSettings(api_key=args.api_key, open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")),
                            max_logprobs=args.max_logprobs, logprobs_mode=args.logprobs_mode,
                            kv_store_bytes=args.kv_store_mb * 2**20)
     app = create_api(host, settings)
     demo = build_ui(host)
     return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
+
+
+def connect_remote(args: argparse.Namespace):
+    """The model of --remote, or exit with the reason it cannot be used (engine/remote.py)."""
+    from engine.remote import RemoteError, connect
+
+    if not args.remote_model:
+        raise SystemExit("--remote needs --remote-model NAME (the model's name on that server, see its /v1/models)")
+    try:
+        lm = connect(args.remote, args.remote_model, tokenizer=args.remote_tokenizer)
+    except RemoteError as e:
+        raise SystemExit(f"--remote {args.remote}: {e}") from None
+    print(f"remote model ready in {lm.load_seconds:.1f} s: {lm.name}", flush=True)
+    return lm
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from engine.constraints import Grammar
 from engine.generator import Generation
 from engine.knobs import ParamError, SamplingParams
 from engine.model import LoadedModel
+from engine.remote import RemoteError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -62,6 +63,8 @@ class ChatRequest:
         kwargs.update(reasoning.template_kwargs(reasoning_effort))
         try:
             prompt_ids = lm.encode_chat(msgs, **kwargs)
+        except RemoteError:  # a remote model's server failed to apply its template: not the messages' fault
+            raise
         except Exception as e:  # a template may refuse a conversation (e.g. roles out of order)
             raise ParamError("messages", f"the model's chat template refused these messages: {e}") from None
         thinking = None if reasoning_effort is None else reasoning.Thinking.for_request(lm, reasoning_effort, prompt_ids)

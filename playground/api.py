@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.generator import Generation
 from engine.knobs import ParamError
+from engine.remote import RemoteError
 from engine.scheduler import END, Refused, Scheduler
 from playground.api_format import Meta
 from playground.models import ModelHost
@@ -74,6 +75,8 @@ def job_error(exc: Exception) -> ApiError:
     anything else is a bug, 500."""
     if isinstance(exc, ParamError):
         return ApiError(400, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, RemoteError):  # the inference server behind a remote model failed, not this request
+        return ApiError(502, f"the remote model's server failed: {exc}", type="upstream_error")
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
 
 

@@ -49,6 +49,11 @@ class ModelHost:
                                              else zerogpu.GpuScheduler(lm, self.limits, self.gpu))
             return self._schedulers[lm.name]
 
+    def add(self, lm: LoadedModel) -> LoadedModel:
+        """A model made elsewhere joins the others (a remote server's, engine/remote.py); it becomes selectable."""
+        with self._lock:
+            return self._models.setdefault(lm.name, lm)
+
     def load(self, name: str, progress: Callable[[str], None] | None = None) -> LoadedModel:
         """Load another model (Hub id or folder) next to the others, once; it becomes selectable.
         RuntimeError where loading is off (load_off says why)."""

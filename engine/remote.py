@@ -1,0 +1,469 @@
+"""A model on an inference server, seen through this playground's own sampler: the remote backend.
+
+    lm = connect("http://gpu-box:8000", "meta-llama/Llama-3.1-70B-Instruct", key, tokenizer="meta-llama/...")
+    lm.name        # "meta-llama/Llama-3.1-70B-Instruct · remote · exact" (or "· remote · top-20")
+    Generation(lm, ...), Scheduler(lm): exactly as for a local model
+
+Each step, one request carries every active row: `/v1/completions` with the rows' token lists as the
+prompt, `max_tokens: 1`, neutral sampling settings (temperature 1, no truncation, no penalties), and the
+largest `logprobs` the server allows, with `return_tokens_as_token_ids`. What comes back becomes the
+same (rows x V) float32 logits a local forward gives (`next_logits`), and the batch (engine/batch.py)
+runs this playground's pipeline, draw and recorder on them. A server that keeps its rows' KV caches (vLLM's
+prefix caching, this playground's own /v1/completions) costs one decode step per row per request.
+
+Two modes, found when connecting (`connect` probes the server once):
+- **exact**: the server returns the whole vocabulary (`logprobs: -1`; vLLM with `--max-logprobs -1`).
+  With raw logits (vLLM's `--logprobs-mode raw_logits`) every stage is exact and a seed draws what a local
+  run of the same weights draws from the same logits. With log-probabilities instead (the default raw
+  logprobs), softmax cannot tell them from logits, except for the repetition penalty, which divides
+  positive logits and multiplies negative ones: it is marked approximate.
+- **top-K**: the server caps logprobs at K. The unknown tail becomes one "rest" bucket: its mass
+  (1 - the top K's) spread evenly over the other tokens, which keeps every tail token below the least
+  known one, as the true tail is. `approximate_stages` marks, per step, the stages whose result depended on
+  how that mass is really spread; a draw that lands in the rest is drawn again within the known tokens
+  with the same uniform (`redraw_known`), and the step says so. Grammars and thinking budgets (which may
+  need tokens outside the top K) are refused on such a server.
+
+The vocabulary's strings (stop matching, incremental text, DRY's breakers, grammars) come from a local
+tokenizer: `--remote-tokenizer ID_OR_FOLDER`, else the model's own name as a Hub id or folder. The chat
+template comes from the server where it offers one (`/tokenize` with messages), else from that tokenizer.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from engine.context import NEG_INF
+from engine.knob import ParamError
+from engine.model import LoadedModel
+from engine.sampler import draw
+
+if TYPE_CHECKING:
+    from engine.generator import Generation
+
+KEY_ENV = "PLAYGROUND_REMOTE_KEY"  # the key is read from here, never from the command line
+TIMEOUT_ENV = "PLAYGROUND_REMOTE_TIMEOUT"  # seconds a step may wait for the server (default 60)
+PROBE_LOGPROBS = (-1, 20, 5)
+MINUS_INF_JSON = -9999.0  # how vLLM and OpenAI write a -inf log-probability in JSON  # asked for in turn when connecting: the whole vocabulary first
+# Stages that add to some logits and keep every token possible: exact while they leave the unknown tail alone.
+ADDITIVE = frozenset({"logit_bias", "presence_frequency", "dry", "repetition_penalty"})
+# Truncations whose cut, once it leaves no unknown token alive, is exactly where the whole vocabulary puts it:
+# they keep the most likely tokens (top-k, top-p), a grammar's set, or the argmax (temperature 0).
+TOP_CUTS = frozenset({"top_k", "top_p", "constraint", "temperature"})
+# Stages computed from the whole distribution's shape (its entropy, its spread): approximate while the tail lives.
+WHOLE_SHAPE = frozenset({"typical_p", "top_n_sigma"})
+
+
+class RemoteError(RuntimeError):
+    """The server could not be reached, refused us, or answered something this client cannot use. The API
+    answers it with 502 (a bad gateway): the request was fine, the server behind this one was not."""
+
+    http_status = 502
+
+
+# --- turning an answer into logits ----------------------------------------------------------------------
+
+
+def dense_logits(entries: list[tuple[np.ndarray, np.ndarray]], V: int, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, V) float32 logits, and (B, V) bool `known` (None when every row got the whole vocabulary), from
+    each row's (ids, values). Where a row got fewer than V values, the rest of the mass (for log-probability
+    values: 1 - the known tokens') is spread evenly over the unknown tokens, never above the least known;
+    raw logits carry no total, so their rest gets nothing."""
+    B = len(entries)
+    logits = torch.full((B, V), NEG_INF, dtype=torch.float32)
+    known = torch.zeros(B, V, dtype=torch.bool)
+    for b, (ids, values) in enumerate(entries):
+        inside = ids < V
+        ids_t = torch.from_numpy(ids[inside].astype(np.int64))
+        logits[b, ids_t] = torch.from_numpy(values[inside].astype(np.float32))
+        known[b, ids_t] = True
+    if bool(known.all()):
+        return logits, None
+    for b in range(B):
+        unknown = int((~known[b]).sum())
+        if not unknown or not logprobs:
+            continue
+        top = logits[b][known[b]].double()  # (k,)
+        rest = 1.0 - float(top.exp().sum())
+        if rest <= 0.0:
+            continue
+        share = min(math.log(rest / unknown), float(top.min()))  # the true tail lies below the least known
+        logits[b].masked_fill_(~known[b], share)
+    return logits, known
+
+
+def approximate_stages(stages: list[tuple[str, torch.Tensor]], known: torch.Tensor | None, signed: bool) -> list[tuple[str, ...]]:
+    """Per row, the stages (by name) whose output depends on what the server did not send.
+
+    stages: [(name, (B, V) logits)] as run_pipeline made them, stages[0] raw; known: (B, V) bool, the tokens
+    the server sent (None: all); signed: the values are raw logits (False: log-probabilities, which lost the
+    sign the repetition penalty reads). The rules, with the tail = the unknown tokens:
+    - once a stage is approximate, every later one is (its input is);
+    - with no tail token alive in its input, a stage is exact (the distribution is wholly known);
+    - additive edits (bias, penalties, DRY) are exact while they change no tail token;
+    - a truncation that keeps the most likely tokens (top-k, top-p, a grammar, temperature 0) is exact when
+      no tail token survives it; other truncations (min-p, XTC, mirostat) also need the least known token
+      gone (a true tail token may weigh up to it);
+    - temperature (other than 0), typical-p and top-n-sigma reshape or measure the whole distribution:
+      approximate while the tail lives.
+    A stage that was off (returned its input) is never marked."""
+    B = stages[0][1].shape[0]
+    if known is None and signed:
+        return [()] * B
+    unknown = None if known is None else ~known
+    marked: list[list[str]] = [[] for _ in range(B)]
+    inexact = torch.zeros(B, dtype=torch.bool)
+
+    def tail_alive(x: torch.Tensor) -> torch.Tensor:  # (B,)
+        return torch.zeros(B, dtype=torch.bool) if unknown is None else ((x > NEG_INF) & unknown).any(dim=-1)
+
+    prev = stages[0][1]
+    for name, x in stages[1:]:
+        if x is prev:
+            continue
+        alive_in, alive_out = tail_alive(prev), tail_alive(x)
+        if name == "repetition_penalty" and not signed:
+            bad = torch.ones(B, dtype=torch.bool)
+        elif name in ADDITIVE:
+            bad = alive_in & ((x != prev) & unknown).any(dim=-1) if unknown is not None else torch.zeros(B, dtype=torch.bool)
+        elif name in WHOLE_SHAPE:
+            bad = alive_in
+        elif name in TOP_CUTS:
+            bad = alive_out
+        else:
+            least = prev.masked_fill(~known, float("inf")).argmin(dim=-1, keepdim=True)  # (B, 1)
+            bad = alive_out | (alive_in & (x.gather(1, least) > NEG_INF).squeeze(1))
+        inexact |= bad
+        for r in inexact.nonzero().squeeze(1).tolist():
+            marked[r].append(name)
+        prev = x
+    return [tuple(m) for m in marked]
+
+
+def redraw_known(final: torch.Tensor, chosen: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor,
+                 known: torch.Tensor | None) -> list[bool]:
+    """Rows whose drawn token is one the server did not send are drawn again from the final logits
+    renormalised within the known tokens, with the same uniform (writes `chosen`). Per row, whether it was.
+    final: (B, V); chosen: (B,); u: (B,) float64; greedy: (B,) bool; known: (B, V) bool or None."""
+    B = final.shape[0]
+    if known is None:
+        return [False] * B
+    landed = ~known.gather(1, chosen[:, None]).squeeze(1) & ~greedy
+    again = [r for r in landed.nonzero().squeeze(1).tolist() if bool((final[r][known[r]] > NEG_INF).any())]
+    if again:
+        inside = final[again].masked_fill(~known[again], NEG_INF)
+        tokens, _ = draw(inside, u[again], torch.zeros(len(again), dtype=torch.bool))
+        chosen[again] = tokens
+    return [r in again for r in range(B)]
+
+
+# --- the wire ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """An OpenAI/vLLM-compatible server: /v1/models, /v1/completions with token prompts, /tokenize."""
+
+    url: str
+    key: str | None = None
+    timeout: float = 60.0
+    transport: Any = None  # an httpx transport (tests: httpx.MockTransport); None: the network
+    binary: bool = False  # ask for the base64 float32 extension (connect finds whether the server has it)
+    _client: Any = field(default=None, repr=False)
+
+    def client(self):
+        if self._client is None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+            self._client = httpx.Client(base_url=self.url.rstrip("/"), headers=headers, transport=self.transport,
+                                        timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
+        return self._client
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        """(status, JSON body) of one request; RemoteError when there is no answer at all."""
+        import httpx
+
+        try:
+            r = self.client().request(method, path, json=body)
+        except httpx.TimeoutException as e:
+            raise RemoteError(f"the server at {self.url} did not answer within {self.timeout:g} s ({type(e).__name__})") from e
+        except httpx.HTTPError as e:
+            raise RemoteError(f"cannot reach the server at {self.url}: {e}") from e
+        try:
+            data = r.json()
+        except ValueError:
+            data = {"error": {"message": r.text[:300]}}
+        return r.status_code, data
+
+    def get(self, path: str, body: dict | None = None, method: str = "POST") -> Any:
+        status, data = self.call(method, path, body)
+        if status == 401 or status == 403:
+            raise RemoteError(f"the server at {self.url} refused the key ({status}): set {KEY_ENV} to a key it accepts")
+        if status != 200:
+            raise RemoteError(f"the server at {self.url} answered {method} {path} with {status}: {_message(data)}")
+        return data
+
+    def completions(self, model: str, prompts: list[list[int]], logprobs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per prompt, the (ids, values) of the next position's top `logprobs` (-1: every token)."""
+        data = self.get("/v1/completions", {
+            "model": model, "prompt": prompts, "max_tokens": 1, "logprobs": logprobs,
+            "return_tokens_as_token_ids": True, "temperature": 1.0, "top_p": 1.0, "n": 1, "stream": False,
+            **self._format(),
+        })
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(prompts):
+            raise RemoteError(f"the server answered {len(choices)} choices for {len(prompts)} token prompts: "
+                              "it does not take a list of token-id prompts")
+        return [_entries(c) for c in choices]
+
+    def _format(self) -> dict:
+        # The compact binary form, an extension this playground's own server answers (about a tenth of JSON's bytes).
+        return {"logprobs_format": "base64_float32"} if self.binary else {}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _message(data: Any) -> str:
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:300]
+        return str(err)[:300]
+    return str(data)[:300]
+
+
+def _entries(choice: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, values) of a choice's first position: from the base64 extension where the server sent it,
+    else from top_logprobs keyed "token_id:ID" (vLLM's return_tokens_as_token_ids)."""
+    lp = choice.get("logprobs") or {}
+    packed = _packed(lp)
+    if packed is not None:
+        return packed
+    tops = lp.get("top_logprobs") or []
+    if not tops or not tops[0]:
+        raise RemoteError("the server sent no logprobs: it must return top_logprobs for /v1/completions")
+    ids, values = [], []
+    for key, value in tops[0].items():
+        if not key.startswith("token_id:"):
+            raise RemoteError(f"the server names tokens by text ({key!r}), not by id: it must honour return_tokens_as_token_ids")
+        ids.append(int(key[len("token_id:"):]))
+        values.append(float("-inf") if value is None or value <= MINUS_INF_JSON else value)
+    return np.array(ids, dtype=np.int64), np.array(values, dtype=np.float32)
+
+
+def _packed(lp: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """This playground's base64 extension (playground/api_completions.py), when present: little-endian float32
+    values in token-id order, and int32 ids (null for the whole vocabulary)."""
+    packed = lp.get("top_logprobs_base64")
+    if not packed:
+        return None
+    entry = packed[0]
+    values = np.frombuffer(base64.b64decode(entry["values"]), dtype="<f4")
+    if entry.get("ids") is None:
+        return np.arange(len(values), dtype=np.int64), values
+    return np.frombuffer(base64.b64decode(entry["ids"]), dtype="<i4").astype(np.int64), values
+
+
+# --- the model and its rows -------------------------------------------------------------------------------
+
+
+@dataclass
+class RemoteModel(LoadedModel):
+    server: Server | None = None
+    remote_name: str = ""  # the model's name on the server
+    logprobs: int = -1  # what each step asks for: -1 the whole vocabulary, else the top K
+    signed: bool = True  # the server sends raw logits (False: log-probabilities)
+    template_from_server: bool = False
+
+    @property
+    def mode(self) -> str:
+        return "exact" if self.logprobs < 0 else f"top-{self.logprobs}"
+
+    def new_rows(self) -> "RemoteRows":
+        return RemoteRows(self)
+
+    def next_logits(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next-token logits (B, V) float32 of each token prompt, and which are known (None: all)."""
+        entries = self.server.completions(self.remote_name, prompts, self.logprobs)
+        return dense_logits(entries, self.vocab_size, logprobs=not self.signed)
+
+    def encode_chat(self, messages: list[dict], **template_kwargs) -> list[int]:
+        """The server's own chat template where it offers one (/tokenize with messages), else the tokenizer's."""
+        if self.template_from_server:
+            body = {"model": self.remote_name, "messages": messages, "add_generation_prompt": True,
+                    **({"tools": template_kwargs["tools"]} if template_kwargs.get("tools") else {})}
+            extra = {k: v for k, v in template_kwargs.items() if k != "tools"}
+            if extra:
+                body["chat_template_kwargs"] = extra
+            return list(self.server.get("/tokenize", body)["tokens"])
+        return super().encode_chat(messages, **template_kwargs)
+
+
+@dataclass
+class _Prompt:
+    """A prefilled remote job: its token list, and which of its logits the server sent."""
+
+    ids: list[int]
+    known: torch.Tensor | None  # (1, V) bool, None: all
+
+
+class RemotePrefill:
+    """A job's prompt sent once; the server keeps (or rebuilds) its KV cache, so there are no chunks here."""
+
+    def __init__(self, lm: RemoteModel, job: "Generation"):
+        self.lm, self.job = lm, job
+        self.ids = job.prompt_ids if job.replay_prefix else job.prompt_ids + job.prefix_ids
+        self.done = 0
+        self.cache: _Prompt | None = None
+        self.logits: torch.Tensor | None = None
+
+    def advance(self) -> bool:
+        if self.lm.logprobs >= 0 and self.job.constrained:
+            raise ParamError("model", f"{self.lm.name} sends only its top {self.lm.logprobs} tokens a step, so a grammar "
+                             "(tools, response_format) or a thinking budget could need a token whose value it never "
+                             "sends; connect to a server that returns the whole vocabulary (vLLM: --max-logprobs -1)")
+        logits, known = self.lm.next_logits([self.ids])
+        self.cache, self.logits, self.done = _Prompt(list(self.ids), known), logits, len(self.ids)
+        return True
+
+
+class RemoteRows:
+    """A server's side of the rows (the Rows protocol, engine/backend.py): each row's token list, sent whole
+    every step; the server's prefix cache makes that one decode step per row."""
+
+    def __init__(self, lm: RemoteModel):
+        self.lm = lm
+        self.leave_all()
+
+    def leave_all(self) -> None:
+        self.ids: list[list[int]] = []
+        self.known: torch.Tensor | None = None  # (B, V) bool for the logits last given; None: all known
+
+    @property
+    def width(self) -> int:
+        return max((len(r) for r in self.ids), default=0)
+
+    def prefill(self, job: "Generation", chunk: int = 0) -> RemotePrefill:
+        return RemotePrefill(self.lm, job)
+
+    def mergeable(self, cache: Any) -> bool:
+        return True
+
+    def join(self, job: "Generation", cache: _Prompt, n: int) -> None:
+        if cache.known is not None:
+            mine = self.known if self.known is not None else torch.ones(len(self.ids), self.lm.vocab_size, dtype=torch.bool)
+            self.known = torch.cat([mine, cache.known.expand(n, -1)])
+        self.ids += [list(cache.ids) for _ in range(n)]
+
+    def keep(self, keep: list[int]) -> None:
+        self.ids = [self.ids[b] for b in keep]
+        if self.known is not None:
+            self.known = self.known[keep]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        for row, token in zip(self.ids, tokens.tolist()):
+            row.append(token)
+        logits, self.known = self.lm.next_logits(self.ids)
+        return logits
+
+    def approximate(self, stages: list[tuple[str, torch.Tensor]], members: list[int]) -> list[tuple[str, ...]]:
+        known = None if self.known is None else self.known[members]
+        return approximate_stages(stages, known, self.lm.signed)
+
+    def redraw(self, final: torch.Tensor, chosen: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor,
+               members: list[int]) -> list[bool]:
+        known = None if self.known is None else self.known[members]
+        return redraw_known(final, chosen, u, greedy, known)
+
+
+# --- connecting -------------------------------------------------------------------------------------------
+
+
+def connect(url: str, model: str, key: str | None = None, tokenizer: str | None = None, timeout: float | None = None,
+            transport: Any = None, tokenizer_object: Any = None, binary: bool | None = None) -> RemoteModel:
+    """Probe the server and return the model as a RemoteModel; RemoteError with a clear message when it
+    cannot drive a step loop (unreachable, a refused key, an unknown model, no token prompts, no logprobs).
+    key: None reads PLAYGROUND_REMOTE_KEY. tokenizer: a Hub id or folder for the vocabulary's strings
+    (default: the model's own name); tokenizer_object: one already loaded. binary: False keeps to plain JSON
+    (None: the base64 extension where the server has it)."""
+    import time
+
+    start = time.perf_counter()
+    key = key if key is not None else os.environ.get(KEY_ENV) or None
+    timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_ENV, "60"))
+    server = Server(url, key, timeout, transport)
+    listed = server.get("/v1/models", method="GET").get("data") or []
+    names = [m.get("id") for m in listed]
+    if model not in names:
+        raise RemoteError(f"the server at {url} has no model {model!r}; it serves {names}")
+    info = listed[names.index(model)]
+    tok = tokenizer_object if tokenizer_object is not None else _tokenizer(tokenizer or model)
+    V = len(tok)
+    probe = [[tok.eos_token_id if tok.eos_token_id is not None else 0]]
+    logprobs, entries, why = None, None, ""
+    for ask in PROBE_LOGPROBS:
+        for server.binary in ((True, False) if binary is not False else (False,)):
+            status, data = server.call("POST", "/v1/completions", {
+                "model": model, "prompt": probe, "max_tokens": 1, "logprobs": ask, "return_tokens_as_token_ids": True,
+                "temperature": 1.0, "stream": False, **server._format()})
+            if status in (401, 403):
+                raise RemoteError(f"the server at {url} refused the key ({status}): set {KEY_ENV} to a key it accepts")
+            if status == 200:
+                break
+            why = _message(data)
+        if status == 200:
+            choices = data.get("choices") or []
+            if len(choices) != 1:
+                raise RemoteError(f"the server at {url} does not take token-id prompts on /v1/completions")
+            entries, logprobs = _entries(choices[0]), ask
+            server.binary = bool((choices[0].get("logprobs") or {}).get("top_logprobs_base64"))
+            break
+    if entries is None:
+        raise RemoteError(f"the server at {url} gives no logprobs for token-id prompts on /v1/completions ({why})")
+    ids, values = entries
+    whole = logprobs < 0
+    if whole:
+        V = max(V, len(values))
+    elif len(values) < logprobs:
+        logprobs = len(values)
+    finite = values[np.isfinite(values)].astype(np.float64)
+    # Log-probabilities: the whole vocabulary's mass sums to 1 (log 0), a top K's to at most 1, all values <= 0.
+    lse = float(np.log(np.exp(finite - finite.max()).sum()) + finite.max()) if finite.size else 0.0
+    signed = not (abs(lse) < 1e-3 if whole else (finite.max() <= 1e-6 and lse <= 1e-3))
+    eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    context = int(info.get("max_model_len") or getattr(tok, "model_max_length", 0) or 4096)
+    context = context if context < 10**7 else 4096  # a tokenizer without a limit says 1e30
+    lm = RemoteModel(model=None, tokenizer=tok, name="", device=torch.device("cpu"), dtype=torch.float32,
+                     context_length=context, eos_ids=frozenset(eos), vocab_size=V, source=f"remote {url}",
+                     server=server, remote_name=model, logprobs=logprobs, signed=signed)
+    lm.name = f"{model} · remote · {lm.mode}"
+    lm.template_from_server = _has_chat_tokenize(server, model)
+    lm.load_seconds = time.perf_counter() - start
+    return lm
+
+
+def _has_chat_tokenize(server: Server, model: str) -> bool:
+    status, data = server.call("POST", "/tokenize", {"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                                     "add_generation_prompt": True})
+    return status == 200 and isinstance(data, dict) and isinstance(data.get("tokens"), list)
+
+
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise RemoteError(f"no tokenizer for the remote model: {name!r} could not be loaded ({type(e).__name__}). Stop "
+                          "matching, text, DRY and grammars need the vocabulary's strings: give --remote-tokenizer "
+                          "ID_OR_FOLDER (a Hub id or a local folder with the model's tokenizer)") from e
