@@ -17,7 +17,7 @@ import gradio as gr
 
 from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
-from playground import tokenview, ui_events
+from playground import tokenview, ui_events, ui_manydraws, ui_orders
 from playground import futures, ui_futures, ui_lens
 from playground import manual_events, manual_runs
 from engine.scheduler import Limits
@@ -432,6 +432,25 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                 c["manual_sentences"] = gr.Markdown(elem_id="manual-sentences")
                                 c["manual_draw"] = gr.Plot(elem_id="manual-draw-plot", show_label=False)
                         c["manual_run"] = gr.State(None)
+                    with gr.Tab("Sample N times", elem_id="tab-draws"):
+                        gr.Markdown("Draw the selected step N times from its exact final distribution (under the current "
+                                    "settings), with seeded random numbers, and watch the counts approach the probabilities.")
+                        with gr.Row():
+                            c["draws_n"] = gr.Slider(1, 5, value=3, step=0.1, label="log₁₀ N: 1 is 10 draws, 5 is 100,000",
+                                                     elem_id="draws-n", scale=3)
+                            c["draws_seed"] = gr.Number(0, precision=0, label="seed of these draws", elem_id="draws-seed",
+                                                        scale=1)
+                            draws_btn = gr.Button("Sample this step N times", scale=1, elem_id="draws")
+                        c["draws_note"] = gr.Markdown(elem_id="draws-note")
+                        c["draws_plot"] = gr.Plot(elem_id="draws-plot", show_label=False)
+                    with gr.Tab("All engine orders", elem_id="tab-orders"):
+                        gr.Markdown("The selected step under each engine's sampler order (Hugging Face, vLLM, llama.cpp, "
+                                    "text-generation-webui), with the current settings and the run's own random number. "
+                                    "Needs the model (the step's exact logits).")
+                        orders_btn = gr.Button("Compare the four engine orders", elem_id="orders")
+                        c["orders_note"] = gr.Markdown(elem_id="orders-note")
+                        c["orders_table"] = gr.HTML(elem_id="orders-table")
+                        c["orders_plot"] = gr.Plot(elem_id="orders-plot", show_label=False)
                     with gr.Tab("View code"):
                         gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
                                     "(only knobs that differ from the API defaults are sent).")
@@ -444,7 +463,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
         _wire(demo, host, stops, c, buttons=dict(
             load=load_btn, load_box=load_box, reset=reset_btn, share=share_btn, save=save_btn, load_file=load_btn_file,
             generate=gen_btn, stop=stop_btn, clear=clear_btn, cont=continue_btn, sweep=sweep_btn, branch=branch_btn,
-            compare=compare_btn, replay=replay_btn))
+            compare=compare_btn, replay=replay_btn, draws=draws_btn, orders=orders_btn))
 
     sizes = QueueLimits.of(host.limits)
     demo.max_threads = sizes.max_threads  # read when the mounted app starts (launch() would set it)
@@ -550,6 +569,13 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     _on(c["manual_page"].input, bound(manual_events.browse), {**manual_in, "page": c["manual_page"]}, manual_out,
         trigger_mode="always_last", **quiet, **model_events)
     c["manual_table"].click(_pick_row, None, c["manual_token"], **quiet)
+
+    # ---- teaching: the selected step drawn N times; under every engine's order ----
+    _on([b["draws"].click, c["draws_n"].change, c["draws_seed"].change], bound(ui_manydraws.sample_step),
+        {**settings, **selection, "draws": c["draws_n"], "draws_seed": c["draws_seed"]}, pick("draws_note", "draws_plot"),
+        trigger_mode="always_last", **quiet, **model_events)
+    _on(b["orders"].click, bound(ui_orders.all_orders), {**settings, **selection},
+        pick("orders_note", "orders_table", "orders_plot"), **model_events)
 
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))
