@@ -76,12 +76,12 @@ def describe(n: int, seed: int, counts: np.ndarray, final: np.ndarray) -> str:
 
 
 def sample_step(host: ModelHost, stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any,
-                draws: Any, seed: Any, session: str) -> Iterator[dict[str, Any]]:
+                draws: Any, draws_seed: Any, session: str) -> Iterator[dict[str, Any]]:
     """Draw the selected step N times: from its exact final distribution under the current settings when
     the run's model is here, else from its recorded candidates and a rest band."""
     try:
         run, c, pos = _selected(runs, view, completion, step)
-        n, seed = draws_for(draws), check_seed(seed)
+        n, seed = draws_for(draws), check_seed(draws_seed)
     except ValueError as e:  # ParamError is one
         yield {"draws_note": describe_error(e) if isinstance(e, ParamError) else str(e)}
         return
