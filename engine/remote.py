@@ -113,10 +113,14 @@ def approximate_stages(stages: list[tuple[str, torch.Tensor]], known: torch.Tens
       gone (a true tail token may weigh up to it);
     - temperature (other than 0), typical-p and top-n-sigma reshape or measure the whole distribution:
       approximate while the tail lives.
+    Raw logits of a top K carry no total: the rest's mass is unknown, so every stage that ran is approximate.
     A stage that was off (returned its input) is never marked."""
     B = stages[0][1].shape[0]
     if known is None and signed:
         return [()] * B
+    if known is not None and signed:
+        ran = tuple(name for (name, x), (_, before) in zip(stages[1:], stages) if x is not before)
+        return [ran] * B
     unknown = None if known is None else ~known
     marked: list[list[str]] = [[] for _ in range(B)]
     inexact = torch.zeros(B, dtype=torch.bool)
@@ -176,6 +180,7 @@ class Server:
     timeout: float = 60.0
     transport: Any = None  # an httpx transport (tests: httpx.MockTransport); None: the network
     binary: bool = False  # ask for the base64 float32 extension (connect finds whether the server has it)
+    received: int = 0  # response bytes so far (bench/bench_remote.py)
     _client: Any = field(default=None, repr=False)
 
     def client(self):
@@ -197,6 +202,7 @@ class Server:
             raise RemoteError(f"the server at {self.url} did not answer within {self.timeout:g} s ({type(e).__name__})") from e
         except httpx.HTTPError as e:
             raise RemoteError(f"cannot reach the server at {self.url}: {e}") from e
+        self.received += len(r.content)
         try:
             data = r.json()
         except ValueError:

@@ -87,13 +87,13 @@ def test_the_whole_vocabulary_is_known_and_taken_as_sent():
     assert known is None and logits[0].tolist() == [1.5, -2.0, 0.25]
 
 
-# --- exact or approximate, on hand-made stages (V = 6; the server sent tokens 0, 1, 2) -----------------
+# --- exact or approximate, on hand-made stages (V = 6; the server sent the log-probabilities of tokens 0, 1, 2) ---
 
 KNOWN = torch.tensor([[True, True, True, False, False, False]])
 RAW = torch.tensor([[3.0, 2.0, 1.0, -1.0, -1.0, -1.0]])
 
 
-def flags(*stages: tuple[str, list[float]], known=KNOWN, signed=True) -> tuple[str, ...]:
+def flags(*stages: tuple[str, list[float]], known=KNOWN, signed=False) -> tuple[str, ...]:
     return approximate_stages([("raw", RAW)] + [(n, torch.tensor([x])) for n, x in stages], known, signed)[0]
 
 
@@ -138,11 +138,16 @@ def test_the_repetition_penalty_on_log_probabilities_is_approximate_even_over_th
     assert flags(("repetition_penalty", [3, 1.6, 1, -1, -1, -1]), known=None, signed=True) == ()
 
 
+def test_raw_logits_of_a_top_k_carry_no_total_so_every_stage_that_ran_is_approximate():
+    assert flags(("top_k", [3, 2, NEG, NEG, NEG, NEG]), ("temperature", [6, 4, NEG, NEG, NEG, NEG]),
+                 known=KNOWN, signed=True) == ("top_k", "temperature")
+
+
 def test_a_stage_that_was_off_is_not_marked():
     same = RAW.clone()
     stages = [("raw", RAW), ("temperature", same), ("top_k", same)]
     stages[2] = ("top_k", stages[1][1])  # off: returned its input
-    assert approximate_stages(stages, KNOWN, True)[0] == ("temperature",)
+    assert approximate_stages(stages, KNOWN, False)[0] == ("temperature",)
 
 
 # --- the draw in the rest bucket ------------------------------------------------------------------------
