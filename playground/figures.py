@@ -130,7 +130,8 @@ def _row_title(stage: dict, params: dict[str, Any], last: bool) -> str:
         text = f"after {STAGE_LABELS[name]}{ALL[name].setting(_params(params))}"
     if last:
         text += " = final"
-    return f"{text}: {stage['kept']} tokens possible, entropy {stage['entropy']:.2f} nats"
+    approximate = " · approximate (the server sent only its top tokens)" if stage.get("exact") is False else ""
+    return f"{text}: {stage['kept']} tokens possible, entropy {stage['entropy']:.2f} nats{approximate}"
 
 
 def _params(params: dict[str, Any]) -> SamplingParams:
@@ -151,8 +152,15 @@ def stage_sentences(step: Step, texts: dict[int, str], params: dict[str, Any]) -
         if stage.name != "constraint" and not stage.on(p, ANY_VOCAB):
             out.append(f"{stage.label} was off.")
         else:
-            out.append(stage.describe(Said(prev, cur, step, texts, p)))
+            said = stage.describe(Said(prev, cur, step, texts, p))
+            if cur.get("exact") is False:  # a remote model's top K only (engine/remote.py)
+                said += (" Approximate: this depended on the tokens the server did not send, shown as one rest "
+                         "spread evenly.")
+            out.append(said)
     out.append(_draw_sentence(step, texts))
+    if step.get("rest_redrawn"):
+        out.append("The draw first landed in that rest, which names no token, so it was drawn again within the "
+                   "tokens the server sent.")
     return out
 
 

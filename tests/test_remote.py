@@ -264,3 +264,17 @@ def test_a_server_that_dies_mid_run_ends_the_run_with_its_error_and_the_loop_ser
     for _ in sched.submit(again):
         pass
     assert outcome(again) == outcome(run(fake_lm(endless, PIECES), params.with_(max_tokens=4), prompt=[1, 2]))
+
+
+def test_the_step_view_says_which_stages_were_approximate_and_that_a_draw_was_drawn_again():
+    from playground import figures
+
+    knobs = dict(seed=5, max_tokens=30, temperature=1.5)
+    gen = run(remote(chatty(V), cap=5, values="raw_logprobs"), SamplingParams.build(**knobs))
+    step = next(s for s in gen.completions[0] if s.rest_redrawn).to_dict(gen.stages)
+    sentences = figures.stage_sentences(step, {i: p.decode() for i, p in enumerate(PIECES)}, knobs)
+    assert [s for s in sentences if "Approximate" in s] == [s for s in sentences if s.startswith("temperature 1.5")]
+    assert sentences[-1].startswith("The draw first landed in that rest")
+    titles = [figures._row_title(st, knobs, False) for st in step["stages"]]
+    assert [t.endswith("approximate (the server sent only its top tokens)") for t in titles] == \
+        [st["name"] == "temperature" for st in step["stages"]]
