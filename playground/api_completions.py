@@ -9,8 +9,9 @@ The wire format is vLLM's (vllm/entrypoints/openai/protocol.py): `prompt` is a t
 or a list of either (several prompts give several choices, prompt-major: choice index = prompt x n + i);
 every sampling knob of the chat endpoint is a top-level field, checked by the same engine code
 (engine/knobs.py). `logprobs: K` returns per token the chosen token's value and the K highest values of
-the position as {token: value} (vLLM's completions shape: tokens, token_logprobs, top_logprobs,
-text_offset). K is capped by the server's --max-logprobs (default 20); with --max-logprobs -1 there is
+the position as {token: value}, highest first, and the chosen token's when it is not among them
+(vLLM's completions shape: tokens, token_logprobs, top_logprobs, text_offset); the whole vocabulary
+comes in token-id order. K is capped by the server's --max-logprobs (default 20); with --max-logprobs -1 there is
 no cap and `logprobs: -1` returns the whole vocabulary. Which values: the server's --logprobs-mode, as in
 vLLM, never the request: raw_logprobs (default) and raw_logits are the model's own, before logit_bias,
 penalties, temperature and truncation; processed_logprobs and processed_logits are those of the final
@@ -31,7 +32,6 @@ best_of other than n, prompt_logprobs, stream.
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import threading
 import time
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import orjson
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -55,7 +56,7 @@ from engine.model import LoadedModel
 from engine.sampler import learn, run_pipeline
 from engine.scheduler import END
 from engine.tools import prompt_messages
-from playground.api import ApiError, Steps, client_of, lookup
+from playground.api import Steps, client_of, lookup
 from playground.api_format import fingerprint
 from playground.models import ModelHost
 from playground.schema import Message, _knob_field, _Wire
@@ -167,16 +168,37 @@ def top_count(logprobs: int | None, cap: int, V: int) -> int | None:
 
 # --- the values a position reports ------------------------------------------------------------------
 
-def step_values(lm: LoadedModel, gen: Generation, mode: str) -> list[torch.Tensor]:
-    """Per drawn step of the job's one completion, the (V,) float32 values `mode` names. Tensor work: run it
-    on the decode loop's thread (Scheduler.call)."""
+@dataclass
+class Top:
+    """One position's report: the chosen token's value and the top values, as plain arrays."""
+
+    chosen: float
+    ids: np.ndarray | None  # (k,) int32; None: the whole vocabulary, value i being token i's
+    values: np.ndarray  # (k,) float32: highest first for JSON, in token-id order for base64 and the whole vocabulary
+
+
+def reports(lm: LoadedModel, gen: Generation, mode: str, k: int, id_order: bool) -> list[Top]:
+    """Per drawn step of the job's one completion: the values `mode` names, the chosen token's and the top
+    k (k = V: all, in token-id order: sorting 49k values costs more than a client gains from the order).
+    Tensor work: run it on the decode loop's thread (Scheduler.call)."""
     steps = gen.completions[0]
-    xs = [gen.snapshots[s.position].logits for s in steps]  # the model's raw logits, captured as drawn
+    xs = [gen.snapshots[s.position].logits for s in steps]  # (V,) each: the model's raw logits, kept as drawn
     if mode.startswith("processed"):
         xs = _final_logits(lm, gen, xs)
     if mode.endswith("logprobs"):
         xs = [torch.log_softmax(x.float(), dim=-1) for x in xs]
-    return xs
+    out = []
+    for step, x in zip(steps, xs):
+        if k >= x.shape[-1]:
+            values, ids = x, None
+        else:
+            values, ids = x.topk(k)
+            if id_order:
+                ids = ids.sort().values
+                values = x[ids]
+        out.append(Top(float(x[step.token_id]), None if ids is None else ids.numpy().astype(np.int32),
+                       values.float().numpy()))
+    return out
 
 
 def _final_logits(lm: LoadedModel, gen: Generation, raw: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -204,67 +226,49 @@ def _final_logits(lm: LoadedModel, gen: Generation, raw: list[torch.Tensor]) -> 
     return out
 
 
-def top_of(x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, values) of the k highest values of x (V,), highest first; all of them when k = V."""
-    if k >= x.shape[-1]:
-        values, ids = x.sort(descending=True, stable=True)
-    else:
-        values, ids = x.topk(k)
-    return ids.numpy().astype(np.int64), values.numpy().astype(np.float32)
-
-
 # --- the response -----------------------------------------------------------------------------------
 
 class Names:
-    """Token names for logprobs: the token's text (as the chat endpoint shows it) or 'token_id:123'."""
+    """Token names for logprobs: the token's text (as the chat endpoint shows it) or 'token_id:123' (vLLM's
+    return_tokens_as_token_ids). Built once per model: the whole vocabulary is named at every step."""
 
     def __init__(self, lm: LoadedModel):
         self.lm = lm
-        self._all: list[str] | None = None
+        self._tables: dict[bool, list[str]] = {}
         self._lock = threading.Lock()
 
-    def text(self, ids) -> list[str]:
-        if len(ids) == self.lm.vocab_size:
-            with self._lock:
-                if self._all is None:
-                    self._all = [self.lm.token_text(i) for i in range(self.lm.vocab_size)]
-            return [self._all[i] for i in ids]
-        return [self.lm.token_text(int(i)) for i in ids]
+    def of(self, ids, as_ids: bool) -> list[str]:
+        """The names of `ids`; of the whole vocabulary when ids is None."""
+        with self._lock:
+            if as_ids not in self._tables:
+                V = self.lm.vocab_size
+                self._tables[as_ids] = [f"token_id:{i}" for i in range(V)] if as_ids else [self.lm.token_text(i) for i in range(V)]
+            table = self._tables[as_ids]
+        return table if ids is None else [table[i] for i in ids]
 
 
-def _json_value(v: float) -> float:
-    return v if np.isfinite(v) else -9999.0  # JSON has no -inf; vLLM and OpenAI report -9999.0
+def _json_values(values: np.ndarray) -> list[float]:
+    # JSON has no -inf (a token a truncation removed): vLLM and OpenAI report -9999.0.
+    return np.where(np.isfinite(values), values, -9999.0).tolist()
 
 
-def logprobs_body(gen: Generation, values: list[torch.Tensor], plan_: Plan, names: Names) -> dict:
-    steps = gen.completions[0]
-    V = names.lm.vocab_size
-    name_of = (lambda ids: [f"token_id:{int(i)}" for i in ids]) if plan_.as_ids else names.text
-    chosen = [s.token_id for s in steps]
-    out = {"text_offset": [], "token_logprobs": [], "tokens": name_of(chosen), "top_logprobs": []}
-    offset = 0
-    for step, x in zip(steps, values):
-        out["text_offset"].append(offset)
-        offset += len(step.text)
-        out["token_logprobs"].append(_json_value(float(x[step.token_id])))
+def logprobs_body(gen: Generation, tops: list[Top], plan_: Plan, names: Names) -> dict:
+    """vLLM's completions logprobs object for the job's one completion (or its base64 form)."""
+    chosen = [s.token_id for s in gen.completions[0]]
+    offsets = np.cumsum([0] + [len(s.text) for s in gen.completions[0]])[:-1]
+    out = {"text_offset": offsets.tolist(), "token_logprobs": _json_values(np.array([t.chosen for t in tops])),
+           "tokens": names.of(chosen, plan_.as_ids), "top_logprobs": []}
     if plan_.binary:
         out["top_logprobs"] = None
-        out["top_logprobs_base64"] = [_base64_entry(x, plan_.top, V) for x in values]
+        out["top_logprobs_base64"] = [
+            {"ids": None if t.ids is None else base64.b64encode(t.ids.astype("<i4").tobytes()).decode(),
+             "values": base64.b64encode(t.values.astype("<f4").tobytes()).decode()} for t in tops]
         return out
-    for step, x in zip(steps, values):
-        ids, vals = top_of(x, plan_.top)
-        entry = dict(zip(name_of(ids), map(_json_value, vals.tolist())))
-        entry.setdefault(name_of([step.token_id])[0], _json_value(float(x[step.token_id])))  # vLLM adds the chosen
+    for token, value, t in zip(out["tokens"], out["token_logprobs"], tops):
+        entry = dict(zip(names.of(t.ids, plan_.as_ids), _json_values(t.values)))
+        entry.setdefault(token, value)  # vLLM adds the chosen token when it is not among the top
         out["top_logprobs"].append(entry)
     return out
-
-
-def _base64_entry(x: torch.Tensor, k: int, V: int) -> dict:
-    if k >= V:
-        return {"ids": None, "values": base64.b64encode(x.numpy().astype("<f4").tobytes()).decode()}
-    ids = x.topk(k).indices.sort().values  # (k,) in token-id order
-    return {"ids": base64.b64encode(ids.numpy().astype("<i4").tobytes()).decode(),
-            "values": base64.b64encode(x[ids].numpy().astype("<f4").tobytes()).decode()}
 
 
 def decode_base64_entry(entry: dict, V: int) -> tuple[np.ndarray, np.ndarray]:
@@ -339,11 +343,11 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
         finally:
             for gen in jobs:
                 gen.stop()
-        values = None
+        tops = None
         if capture:
-            mode = settings.logprobs_mode
-            values = await run_in_threadpool(scheduler.call, lambda: [step_values(lm, g, mode) for g in jobs])
-        text = await run_in_threadpool(_body, lm, jobs, values, p, names_of(lm))
+            mode, k = settings.logprobs_mode, p.top
+            tops = await run_in_threadpool(scheduler.call, lambda: [reports(lm, g, mode, k, p.binary) for g in jobs])
+        text = await run_in_threadpool(_body, lm, jobs, tops, p, names_of(lm))
         return Response(text, media_type="application/json")
 
     @app.post("/tokenize")
@@ -360,12 +364,12 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
         return {"prompt": lm.tokenizer.decode(body.tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)}
 
 
-def _body(lm: LoadedModel, jobs: list[Generation], values, p: Plan, names: Names) -> str:
+def _body(lm: LoadedModel, jobs: list[Generation], tops: list[list[Top]] | None, p: Plan, names: Names) -> bytes:
     choices = []
     for k, gen in enumerate(jobs):
         choices.append({
             "index": k, "text": gen.texts[0],
-            "logprobs": None if values is None else logprobs_body(gen, values[k], p, names),
+            "logprobs": None if tops is None else logprobs_body(gen, tops[k], p, names),
             "finish_reason": gen.finish_reasons[0], "stop_reason": None, "prompt_logprobs": None,
         })
     prompt_tokens = sum(len(ids) for ids in p.prompts)
@@ -374,7 +378,7 @@ def _body(lm: LoadedModel, jobs: list[Generation], values, p: Plan, names: Names
             "model": lm.name, "system_fingerprint": fingerprint(lm), "seed": p.params.seed, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
-    return json.dumps(body, ensure_ascii=False, allow_nan=False)
+    return orjson.dumps(body)  # the whole vocabulary is ~50k entries a token: orjson takes a tenth of json's time
 
 
 def _tokenize(lm: LoadedModel, body: TokenizeRequest) -> dict:
