@@ -109,6 +109,7 @@ def build_app(host, args: argparse.Namespace):
     import gradio as gr
 
     from playground.api import ApiSettings, create_api
+    from playground import ui_stream
     from playground.ui import build_ui, launch_kwargs
 
     if getattr(args, "remote", None):
@@ -117,6 +118,7 @@ def build_app(host, args: argparse.Namespace):
                            max_logprobs=args.max_logprobs, logprobs_mode=args.logprobs_mode,
                            kv_store_bytes=args.kv_store_mb * 2**20)
     app = create_api(host, settings)
+    app.include_router(ui_stream.router())  # live runs to their pages (playground/ui_stream.py)
     demo = build_ui(host)
     return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
 

@@ -195,31 +195,76 @@ EMPTY_TOKENS = "<div class='tv'><span class='tv-empty'>Generate to see the compl
 
 # --- streaming: a value that only grows ------------------------------------------------------------------
 #
-# Gradio diffs each streamed output against the value it sent last: a string that only grows goes out as an
-# "append" of its new end, anything else as the whole value again. So a run in progress is not HTML that is
-# rebuilt (and re-sent, and re-parsed by the browser) on every update: it is a log that only grows, MARK and
-# a stream id on the first line, then one JSON record per line, ["set" | "add", slot, html]: set the inner
-# HTML of the element with data-slot=slot (the component itself for ""), or add html at its end. The page's
-# STREAM_JS applies only the records it has not applied yet; any value without MARK is plain HTML, shown as
-# it is (the finished run's full view).
+# A run in progress is not HTML that is rebuilt (and re-sent, and re-parsed by the browser) on every update:
+# it is a log that only grows, MARK and a stream id on the first line, then one JSON record per line,
+# ["set" | "add", slot, html]: set the inner HTML of the element with data-slot=slot (the component itself
+# for ""), or add html at its end. STREAM_JS applies only the records it has not applied yet; any value
+# without MARK is plain HTML, shown as it is (the finished run's full view).
+#
+# The records reach the page in one of two ways. A value that Gradio streams grows by them (Gradio sends a
+# string that only grows as an "append" of its new end). Or the value holds one record ["live", url, part]:
+# the page then reads the records from that HTTP stream (playground/ui_stream.py), one fetch per run for
+# both views, and Gradio carries nothing per update. A late record of a run the view no longer shows is
+# dropped.
 
 MARK = "\u241e"
 
 STREAM_JS = """
-let stream = null, used = 0;
-const apply = () => {
-  const value = props.value || '';
-  if (!value.startsWith('\u241e')) { stream = null; element.innerHTML = value; return; }
-  const head = value.indexOf('\\n');
-  if (value.slice(0, head) !== stream) { stream = value.slice(0, head); used = head + 1; element.innerHTML = ''; }
-  const end = value.lastIndexOf('\\n') + 1;
-  for (const line of value.slice(used, end).split('\\n')) {
+const runs = window.__playgroundLive || (window.__playgroundLive = {});
+let stream = null, used = 0, live = null;
+const run = (text) => {
+  for (const line of text.split('\\n')) {
     if (!line) continue;
     const [op, slot, html] = JSON.parse(line);
+    if (op === 'live') { listen(slot, html); continue; }
     const el = slot ? element.querySelector(`[data-slot="${slot}"]`) : element;
     if (el && op === 'set') el.innerHTML = html;
     else if (el) el.insertAdjacentHTML('beforeend', html);
   }
+};
+const listen = (url, part) => {
+  live = url;
+  let ch = runs[url];
+  if (!ch) {
+    ch = runs[url] = {views: {}, early: {}};
+    read(url, ch);
+  }
+  ch.views[part] = (text) => { if (live === url) run(text); };
+  for (const text of ch.early[part] || []) ch.views[part](text);
+  delete ch.early[part];
+};
+const read = async (url, ch) => {
+  try {
+    const res = await fetch(url, {cache: 'no-store'});
+    if (!res.ok || !res.body) return;
+    const reader = res.body.getReader(), decoder = new TextDecoder();
+    let buffer = '';
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, {stream: true});
+      const end = buffer.lastIndexOf('\\n') + 1;
+      for (const line of buffer.slice(0, end).split('\\n')) {
+        if (!line) continue;
+        const [part, text] = JSON.parse(line);
+        if (ch.views[part]) ch.views[part](text);
+        else (ch.early[part] = ch.early[part] || []).push(text);
+      }
+      buffer = buffer.slice(end);
+    }
+  } catch (e) {
+    console.warn('live run stream ended early', e);  // the finished run still arrives through Gradio
+  } finally {
+    delete runs[url];
+  }
+};
+const apply = () => {
+  const value = props.value || '';
+  if (!value.startsWith('\u241e')) { stream = null; live = null; element.innerHTML = value; return; }
+  const head = value.indexOf('\\n');
+  if (value.slice(0, head) !== stream) { stream = value.slice(0, head); used = head + 1; live = null; element.innerHTML = ''; }
+  const end = value.lastIndexOf('\\n') + 1;
+  run(value.slice(used, end));
   used = Math.max(used, end);
 };
 apply();

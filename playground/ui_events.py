@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import parse_qsl
 
 import gradio as gr
 
@@ -22,7 +23,7 @@ from engine.model import LoadedModel
 from engine.reasoning import supports_thinking
 from engine.scheduler import Refused
 from engine.stages import PRESETS
-from playground import figures, runfile, share, snippets, sweeps, tokenview, ui_records, ui_runs
+from playground import figures, runfile, share, snippets, sweeps, tokenview, ui_records, ui_runs, ui_stream
 from playground.models import ModelHost
 from playground.ui_settings import (
     GROUPS,
@@ -212,9 +213,10 @@ def share_link(ui: Inputs, origin: str) -> Out:
     return {"share_url": f"{origin}/?{query}" if query else f"{origin}/"}
 
 
-def apply_link(host: ModelHost, link: dict[str, str]) -> Out:
-    """A shared link's settings and prompt onto the page (`link`: the page's query parameters); what
-    cannot be applied is said, not applied."""
+def apply_link(host: ModelHost, query: str) -> Out:
+    """A shared link's settings and prompt onto the page (`query`: the page's query string, "?" and all);
+    what cannot be applied is said, not applied."""
+    link = dict(parse_qsl(query.removeprefix("?"), keep_blank_values=True))
     if not link:
         return {}
     fields, controls, problems = share.parse(link)
@@ -241,10 +243,9 @@ def apply_link(host: ModelHost, link: dict[str, str]) -> Out:
 def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterator[Out]:
     """Stream a run into the completions and the token view, then keep it (`finish_generate` shows it).
 
-    While it runs every update carries plain values for the same three outputs and nothing else: a
-    skipped output (gr.skip, or an output left out) makes Gradio build that component anew, and a value
-    that is not the one sent before is sent whole. The two views are tokenview.LiveRun streams, so an
-    update costs what it adds, whatever the completion's length."""
+    While it runs, Gradio carries nothing: the two views are a tokenview.LiveRun, which the page reads
+    from the run's ui_stream channel (Gradio's per-update cost grows with the page, playground/ui_stream.py
+    says how). An update costs what it adds, whatever the completion's length."""
     try:
         lm = host.get(ui.model)
         params = collect(ui.knobs, _encoder(lm))
@@ -268,9 +269,10 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
             yield {"run_error": f"⚠️ {e.message}"}
             return
         live = tokenview.LiveRun(len(run["completions"]))
-        for run in ui_runs.advance(lm, ticket, run):
-            completions, tokens = live.update(run["completions"], run["texts"], run["waiting"])
-            yield {"run_error": "", "completions": completions, "tokens": tokens}
+        with ui_stream.CHANNELS.open(live) as channel:
+            yield {"run_error": "", **channel.page_values()}  # the page reads the rest from the channel
+            for run in ui_runs.advance(lm, ticket, run):
+                live.update(run["completions"], run["texts"], run["waiting"])
     chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": run["completions"][0]["text"]}]
     # The token view keeps its stream until `show` draws the finished run (a skip here: the event's last
     # message carries every output's last value whole, and the stream is the largest).

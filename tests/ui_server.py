@@ -85,9 +85,11 @@ def find_event(config: dict, elem_id: str, event: str = "click") -> int:
     raise LookupError(f"no {event} listener on #{elem_id}")
 
 
-def stream_event(url: str, fn_index: int, data: list) -> list[tuple[int, dict]]:
+def stream_event(url: str, fn_index: int, data: list, listener: Callable[[dict], None] = lambda message: None
+                 ) -> list[tuple[int, dict]]:
     """Run one UI event through Gradio's queue as the page does; every message of its event stream as
-    (bytes on the wire, the decoded message), until the event completes."""
+    (bytes on the wire, the decoded message), until the event completes. `listener` sees each message as
+    it arrives."""
     session = uuid.uuid4().hex
     with httpx.Client(base_url=url, timeout=120) as http:
         joined = http.post("/gradio_api/queue/join",
@@ -101,6 +103,7 @@ def stream_event(url: str, fn_index: int, data: list) -> list[tuple[int, dict]]:
                     continue
                 message = json.loads(line[5:])
                 messages.append((len(line.encode()), message))
+                listener(message)
                 if message.get("msg") == "process_completed":
                     break
     return messages
