@@ -34,6 +34,9 @@ Every knob of an OpenAI-style chat-completions API, and what each sampler stage 
 token was drawn from. Pipeline (default order): **raw → {' → '.join(STAGES[n].label for n in STAGE_ORDER)} → draw**.
 Generate, then click any token."""
 
+# A page opened with a query string (a share link) applies it; any other page runs no event for it.
+LINK_JS = "() => { if (location.search.length > 1) document.getElementById('apply-link')?.click(); }"
+
 # Clicking a token selects its step: the token view turns the click into a Gradio event.
 TOKENVIEW_JS = """
 element.addEventListener('click', (e) => {
@@ -132,8 +135,6 @@ def _handler(fn: Callable, names: list[str], outputs: dict[str, Component]) -> C
             got["session"] = request.session_hash if request is not None else "local"
         if "origin" in wants and request is not None:
             got["origin"] = ui_events.origin_of(request.headers)
-        if "link" in wants:
-            got["link"] = dict(request.query_params) if request is not None else {}
         return got
 
     def named(out: dict[str, Any]) -> dict[Component, Any] | None:
@@ -227,6 +228,10 @@ def build_ui(host: ModelHost) -> gr.Blocks:
         c["redraw"] = gr.State(False)  # its step stayed put: no change event draws it (see finish_generate)
         gr.Markdown(INTRO)
         c["link_note"] = gr.Markdown(elem_id="link-note")
+        # A shared link is applied by a server event only on a page opened with one (LINK_JS clicks this):
+        # every output of any event the page has run costs it work on each later update (playground/ui_stream.py).
+        c["link_query"] = gr.Textbox(visible="hidden", elem_id="link-query")
+        link_btn = gr.Button(visible="hidden", elem_id="apply-link")
         with gr.Row(equal_height=True):
             c["model"] = gr.Dropdown(host.names(), value=host.default, label="Model", scale=3)
             # Off on ZeroGPU, with the reason in the box (playground/models.py).
@@ -462,7 +467,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
 
         _wire(demo, host, stops, c, buttons=dict(
             load=load_btn, load_box=load_box, reset=reset_btn, share=share_btn, save=save_btn, load_file=load_btn_file,
-            generate=gen_btn, stop=stop_btn, clear=clear_btn, cont=continue_btn, sweep=sweep_btn, branch=branch_btn,
+            apply_link=link_btn, generate=gen_btn, stop=stop_btn, clear=clear_btn, cont=continue_btn, sweep=sweep_btn, branch=branch_btn,
             compare=compare_btn, replay=replay_btn, draws=draws_btn, orders=orders_btn))
 
     sizes = QueueLimits.of(host.limits)
@@ -490,7 +495,9 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
         trigger_mode="always_last", **quiet)
 
     # ---- a shared link restores settings and prompt ----
-    _on(demo.load, functools.partial(ui_events.apply_link, host=host), {}, pick(*UI_KNOBS, "model", "system", "message", "link_note"))
+    demo.load(None, js=LINK_JS)
+    _on(b["apply_link"].click, functools.partial(ui_events.apply_link, host=host), {"query": c["link_query"]},
+        pick(*UI_KNOBS, "model", "system", "message", "link_note"), js="() => [location.search]")
 
     # ---- generate: stream tokens, then keep the run; then draw it and its what-if ----
     whatif_in = {**settings, **selection, "live": c["live"]}

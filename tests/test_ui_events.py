@@ -169,10 +169,10 @@ def test_a_saved_run_loads_back_with_its_settings(host, runs):
 
 
 def test_a_link_restores_settings_and_names_what_it_could_not(lm, host):
-    out = ui_events.apply_link(host, {"temperature": "0.4", "message": "Hello", "model": "nope/model", "top_k": "-3"})
+    out = ui_events.apply_link(host, "?temperature=0.4&message=Hello&model=nope%2Fmodel&top_k=-3")
     assert out["temperature"] == 0.4 and out["message"] == "Hello" and "model" not in out
     assert "nope/model" in out["link_note"] and "top_k" in out["link_note"]
-    assert ui_events.apply_link(host, {}) == {}
+    assert ui_events.apply_link(host, "") == {}
 
 
 def test_a_share_link_carries_the_prompt_and_changed_knobs(lm):

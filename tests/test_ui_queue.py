@@ -34,3 +34,14 @@ def test_pages_keep_no_run_history_in_the_browser():
 
     with serve(ModelHost(wordy_lm())) as url:
         assert httpx.get(url + "/config").json()["run_history"] is False
+
+
+def test_a_page_opened_without_a_link_runs_no_server_event_on_load_that_sets_the_knobs():
+    """Every output of any event a page has run costs it work on each later update (Gradio 6 refreshes
+    their loading status): the share-link event, whose outputs are all the knobs, runs only for a link."""
+    demo = build_ui(ModelHost(wordy_lm()))
+    knobs = {demo.blocks[i] for i in demo.blocks if getattr(demo.blocks[i], "elem_id", None) in
+             {"knob-temperature", "knob-top_k", "knob-seed"}}
+    on_load = [fn for fn in demo.fns.values() if any(t[1] == "load" for t in fn.targets) and fn.fn is not None]
+    assert knobs and on_load
+    assert not any(knobs & set(fn.outputs) for fn in on_load)
