@@ -35,18 +35,23 @@ def many_draws_figure(bars: list[dict[str, Any]], n: int, title: str) -> go.Figu
 
 
 def orders_figure(results: list[tuple[str, dict]], texts: dict[int, str], top: int = 8) -> go.Figure:
-    """One panel per engine order: its final distribution's top tokens at the step, the token its random
-    number picks in orange. results: [(engine name, step dict under its order)]."""
-    fig = make_subplots(rows=1, cols=len(results), shared_yaxes=True, horizontal_spacing=0.03,
+    """One panel per engine order: its final distribution's top tokens at the step, and the token its
+    random number picks in orange (last, when it is not among them). Each panel has its own scale: a
+    flat distribution's bars would vanish beside a sharp one's. results: [(engine name, step dict)]."""
+    fig = make_subplots(rows=1, cols=len(results), horizontal_spacing=0.05,
                         subplot_titles=[f"{name}: {step['stages'][-1]['kept']:,} left" for name, step in results])
     for col, (_, step) in enumerate(results, start=1):
         final = step["stages"][-1]["probs"]
         order = sorted(range(len(final)), key=lambda j: -final[j])[:top]
+        pick = step["candidates"].index(step["token_id"])
+        if pick not in order:
+            order[-1] = pick
         ids = [step["candidates"][j] for j in order]
         fig.add_trace(go.Bar(
             x=_unique_labels(ids, texts), y=[final[j] for j in order],
             marker_color=[CHOSEN if t == step["token_id"] else KEPT if final[j] > 0 else REMOVED for t, j in zip(ids, order)],
             hovertemplate="'%{x}': final p = %{y:.4f}<extra></extra>"), row=1, col=col)
+    fig.update_annotations(font_size=12)  # the panel titles
     fig.update_yaxes(rangemode="tozero", gridcolor="#eef2f7")
     fig.update_yaxes(title="final probability", row=1, col=1)
     fig.update_xaxes(tickangle=-40, tickfont={"size": 10})
