@@ -65,11 +65,6 @@ def lens_parts(model: torch.nn.Module) -> LensParts:
     return LensParts(layers, norm, head)
 
 
-def lens_logits(parts: LensParts, hidden: torch.Tensor) -> torch.Tensor:
-    """(..., H) residual stream -> (..., V) float32 logits through the final norm and head."""
-    return parts.head(parts.norm(hidden)).float()
-
-
 @torch.inference_mode()
 def logit_lens(model: torch.nn.Module, input_ids: list[int], token: int | None = None,
                last: int = LAST_POSITIONS, top: int = TOP) -> Lens:
@@ -94,11 +89,21 @@ def logit_lens(model: torch.nn.Module, input_ids: list[int], token: int | None =
     finally:
         for h in hooks:
             h.remove()
-    probs = torch.softmax(lens_logits(parts, torch.stack(streams)), dim=-1)  # (L+1, P, V)
-    top_probs, top_ids = probs.topk(min(top, probs.shape[-1]), dim=-1)  # (L+1, P, top)
-    rank = prob = None
-    if token is not None:
-        last_probs = probs[:, -1]  # (L+1, V): the distribution of the next token, layer by layer
-        prob = last_probs[:, token]  # (L+1,)
-        rank = (last_probs > prob[:, None]).sum(dim=-1) + 1
-    return Lens(top_ids.cpu(), top_probs.cpu(), None if rank is None else rank.cpu(), None if prob is None else prob.cpu())
+    # The head reads its weights once for every row (one matmul), in the model's dtype; then one layer at a
+    # time in float32, top-k and ranks on the logits. Measured on SmolLM2 (31 rows x 8 positions x 49,152
+    # tokens, bf16, a 512-token prefix): +45 MB peak for the whole call this way, +131 MB with a float32
+    # softmax over every row at once.
+    every = parts.head(parts.norm(torch.stack(streams)))  # (L+1, P, V), the model's dtype
+    ids_, probs_, ranks, chosen_probs = [], [], [], []
+    for row in every:
+        logits = row.float()  # (P, V)
+        norm = logits.logsumexp(dim=-1, keepdim=True)  # (P, 1)
+        top_logits, top_ids = logits.topk(min(top, logits.shape[-1]), dim=-1)  # (P, top)
+        ids_.append(top_ids)
+        probs_.append((top_logits - norm).exp())
+        if token is not None:
+            chosen = logits[-1, token]  # the next token's logit after the whole prefix
+            chosen_probs.append((chosen - norm[-1, 0]).exp())
+            ranks.append((logits[-1] > chosen).sum() + 1)
+    return Lens(torch.stack(ids_).cpu(), torch.stack(probs_).cpu(),
+                torch.stack(ranks).cpu() if ranks else None, torch.stack(chosen_probs).cpu() if ranks else None)
