@@ -27,6 +27,38 @@ def set_knob(page, name: str, value: str) -> None:
     box.press("Enter") if box.get_attribute("type") == "number" else box.blur()
 
 
+def open_tab(page, name: str) -> None:
+    """Click a tab, from Gradio's "More tabs" menu when the tab bar has no room for it."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.click("button[aria-label='More tabs']")
+    page.locator(".overflow-dropdown button", has_text=name).click()
+
+
+def draws_and_orders(page) -> None:
+    """The selected step sampled 10,000 times; then under every engine's order at a hot temperature."""
+    open_tab(page, "Sample N times")
+    page.locator("#draws-n input[type=number]").fill("4")
+    page.locator("#draws-n input[type=number]").press("Enter")
+    page.wait_for_function("document.querySelector('#draws-note').innerText.includes('10,000 draws')", timeout=120_000)
+    page.wait_for_selector("#draws-plot .js-plotly-plot", timeout=60_000)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(800)
+    clip_between(page, "#draws-n", "#draws-plot", ASSETS / "draws.png")
+    set_knob(page, "temperature", "1.6")
+    open_tab(page, "All engine orders")
+    page.click("#orders")
+    page.wait_for_function("document.querySelector('#orders-note').innerText.includes(\"in each engine's order\")",
+                           timeout=180_000)
+    page.wait_for_selector("#orders-plot .js-plotly-plot", timeout=60_000)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(800)
+    clip_between(page, "#orders-note", "#orders-plot", ASSETS / "orders.png")
+    set_knob(page, "temperature", "0.8")
+
+
 def main() -> None:
     ASSETS.mkdir(exist_ok=True)
     with start_server() as server, sync_playwright() as p:
@@ -76,6 +108,7 @@ def main() -> None:
         page.mouse.move(0, 0)
         page.wait_for_timeout(800)
         clip_between(page, "#sweep-status", "#sweep-texts", ASSETS / "sweep.png")
+        draws_and_orders(page)
         browser.close()
     print("wrote", ", ".join(sorted(p.name for p in ASSETS.glob("*.png"))))
 
