@@ -48,7 +48,8 @@ LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=os.environ.get("PLAYGROUND_MODEL"),
+                   help="Hugging Face model id or local folder (env PLAYGROUND_MODEL; default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -79,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--remote-model", default=None, metavar="NAME", help="the model's name on that server (see its /v1/models)")
     p.add_argument("--remote-tokenizer", default=None, metavar="ID_OR_FOLDER",
                    help="a local tokenizer for the remote model's vocabulary (default: --remote-model as a Hub id or folder)")
+    p.add_argument("--zerogpu", action="store_true",
+                   help="ZeroGPU mode without ZeroGPU: each action's call runs on a thread of its own and everything it "
+                        "takes and yields passes through pickle (tests and benchmarks; on a ZeroGPU Space the mode is automatic)")
+    p.add_argument("--zerogpu-api", action="store_true", default=os.environ.get("PLAYGROUND_ZEROGPU_API") == "1",
+                   help="serve /v1 on ZeroGPU too, where its calls draw on the Space's own GPU quota (env PLAYGROUND_ZEROGPU_API=1)")
     return p.parse_args(argv)
 
 
@@ -108,7 +114,7 @@ def build_app(host, args: argparse.Namespace):
     """The FastAPI app with /v1 routes, and the Gradio UI mounted at / (routes first, as Gradio needs)."""
     import gradio as gr
 
-    from playground.api import ApiSettings, create_api
+    from playground.api import ZEROGPU_OFF, ApiSettings, create_api
     from playground import ui_stream
     from playground.ui import build_ui, launch_kwargs
 
@@ -116,11 +122,47 @@ def build_app(host, args: argparse.Namespace):
         host.add(connect_remote(args))
     settings = ApiSettings(api_key=args.api_key, open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")),
                            max_logprobs=args.max_logprobs, logprobs_mode=args.logprobs_mode,
-                           kv_store_bytes=args.kv_store_mb * 2**20)
+                           kv_store_bytes=args.kv_store_mb * 2**20,
+                           off=ZEROGPU_OFF if host.gpu is not None and not args.zerogpu_api else None)
     app = create_api(host, settings)
     app.include_router(ui_stream.router())  # live runs to their pages (playground/ui_stream.py)
     demo = build_ui(host)
     return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
+
+
+def on_zerogpu() -> bool:
+    """Whether this is a ZeroGPU Space, as the `spaces` package reads it (SPACES_ZERO_GPU). There, importing
+    the package patches torch, which must happen before anything touches CUDA."""
+    try:
+        from spaces.config import Config
+    except ImportError:  # not installed: no ZeroGPU
+        return False
+    return Config.zero_gpu
+
+
+def gpu_calls(args: argparse.Namespace):
+    """The decorator every model action's call goes through (playground/zerogpu.py), None for the shared
+    loop. On ZeroGPU this imports `spaces`, which patches torch: before anything touches CUDA."""
+    if on_zerogpu():
+        import importlib
+
+        importlib.import_module("spaces")  # it patches torch so that the model can go to cuda at start
+        from playground.zerogpu import spaces_gpu
+        return spaces_gpu
+    if args.zerogpu:
+        from playground.zerogpu import pickled
+        return pickled
+    return None
+
+
+def zerogpu_startup(host) -> None:
+    """What ZeroGPU runs from its patched gr.Blocks.launch, which this app (FastAPI + uvicorn) never calls:
+    pack the model's CUDA tensors for the workers and report the decorated functions, which must exist by
+    then (the first model's scheduler makes them)."""
+    import spaces.zero
+
+    host.scheduler()
+    spaces.zero.startup()
 
 
 def connect_remote(args: argparse.Namespace):
@@ -140,6 +182,7 @@ def connect_remote(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print(configure_threads(args), flush=True)  # before the model loads: no tensor work may come first
+    gpu = gpu_calls(args)
 
     import uvicorn
 
@@ -156,7 +199,13 @@ def main(argv: list[str] | None = None) -> None:
 
         lm = load_model(args.model, args.device, args.dtype, progress=progress)
     print(f"model ready in {lm.load_seconds:.1f} s: {lm.name} on {lm.device} ({lm.source})", flush=True)
-    app = build_app(ModelHost(lm, args.device, args.dtype, limits(args)), args)
+    host = ModelHost(lm, args.device, args.dtype, limits(args), gpu=gpu)
+    if on_zerogpu():
+        zerogpu_startup(host)
+    if gpu is not None:
+        print(f"ZeroGPU mode{'' if on_zerogpu() else ' (forced, no GPU)'}: each model action is one GPU call; "
+              f"/v1 {'on' if args.zerogpu_api else 'off (503)'}", flush=True)
+    app = build_app(host, args)
     print(f"Sampling Playground on http://{args.host}:{args.port}  (API: http://{args.host}:{args.port}/v1)", flush=True)
     # A short graceful shutdown: an open client connection otherwise holds SIGTERM for minutes.
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=3, log_level="warning")

@@ -51,6 +51,7 @@ class ApiSettings:
     max_logprobs: int = 20  # /v1/completions' cap on logprobs; -1: none (playground/api_completions.py)
     logprobs_mode: str = "raw_logprobs"  # which values its logprobs are (vLLM's --logprobs-mode)
     kv_store_bytes: int = 256 * 2**20  # each model's KV reuse store (engine/kvstore.py); 0: off
+    off: str | None = None  # why the API answers 503 (on ZeroGPU: ZEROGPU_OFF); None: it serves
 
 
 class ApiError(Exception):
@@ -95,6 +96,8 @@ def is_loopback(host: str | None) -> bool:
 
 def refusal(settings: ApiSettings, headers: Headers, client_host: str | None) -> ApiError | None:
     """Why this caller may not use /v1, or None when it may."""
+    if settings.off:
+        return ApiError(503, settings.off, type="server_error", code="api_off")
     if settings.api_key:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         # compare_digest: the time taken must not tell how much of a guessed key was right.
@@ -116,6 +119,12 @@ def client_of(settings: ApiSettings, headers: Headers, client_host: str | None) 
         return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return f"ip:{client_host}"
 
+
+# A ZeroGPU call charges the visitor whose Gradio request made it; an API call has none, so the Space's
+# owner would pay for every caller (hub-docs, spaces-zerogpu.md).
+ZEROGPU_OFF = ("The API is off on this ZeroGPU Space: an API call carries no visitor's Gradio request, so its GPU "
+               "time would come from the Space's own quota. Use the page, or run the app yourself; the Space's "
+               "owner can turn the API on with --zerogpu-api (or PLAYGROUND_ZEROGPU_API=1).")
 
 GUARDED = ("/v1", "/tokenize", "/detokenize")  # and everything under /v1/
 

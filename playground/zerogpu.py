@@ -224,10 +224,17 @@ def spaces_gpu(task: Callable[..., Iterator[Any]], duration: Callable[..., float
     return spaces.GPU(task, duration=duration)
 
 
+# A forced call runs where the shared loop would have: in this process, on its CPU threads. One at a
+# time, as a worker holds its GPU: the model's forward pass is run by one thread at a time everywhere in
+# this app (engine/lone_row.py's hooks rely on it), and two calls' OpenMP pools would fight for the cores.
+_ONE_WORKER = threading.Lock()
+
+
 def pickled(task: Callable[..., Iterator[Any]], duration: Callable[..., float]) -> Callable[..., Iterator[Any]]:
     """What ZeroGPU does to the data, without a GPU: the arguments and every yield pass through pickle,
-    and the task runs on a thread of its own (a worker's). Closing the returned generator stops the task
-    at its next yield, as ZeroGPU's stop event does. Used by --zerogpu outside a Space."""
+    and the task runs on a thread of its own (a worker's), one call at a time. Closing the returned
+    generator stops the task at its next yield, as ZeroGPU's stop event does. Used by --zerogpu outside
+    a Space."""
 
     @wraps(task)
     def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -237,17 +244,18 @@ def pickled(task: Callable[..., Iterator[Any]], duration: Callable[..., float]) 
         stop = threading.Event()
 
         def work() -> None:
-            made = task(*args, **kwargs)
-            try:
-                for item in made:
-                    items.put(("item", pickle.dumps(item)))
-                    if stop.is_set():
-                        return
-            except BaseException as e:  # the caller gets it, as ZeroGPU hands back the worker's error
-                items.put(("error", e))
-            finally:
-                made.close()
-                items.put(("end", None))
+            with _ONE_WORKER:
+                made = task(*args, **kwargs)
+                try:
+                    for item in made:
+                        items.put(("item", pickle.dumps(item)))
+                        if stop.is_set():
+                            return
+                except BaseException as e:  # the caller gets it, as ZeroGPU hands back the worker's error
+                    items.put(("error", e))
+                finally:
+                    made.close()
+                    items.put(("end", None))
 
         worker = threading.Thread(target=work, name="zerogpu-call", daemon=True)
         worker.start()
