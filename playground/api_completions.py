@@ -25,24 +25,26 @@ vocabulary as JSON is about 2 MB per token, as base64 a tenth of that.
 Each (prompt, completion) runs as its own one-row job of the shared decode loop, with the completion's
 index for its random numbers (the seed contract: completion i draws what it draws whatever n is). Jobs
 get the model's KVStore (engine/kvstore.py): a token prompt that continues a sequence this server has
-just served costs one decode step, with the logits local decoding gives. Refused for now: echo, suffix,
-best_of other than n, prompt_logprobs, stream.
+just served costs one decode step, with the logits local decoding gives. `stream: true` sends vLLM's
+chunks (one per token per choice, logprobs included). Refused: echo, suffix, best_of other than n,
+prompt_logprobs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import orjson
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import Field, create_model
 from starlette.concurrency import run_in_threadpool
 
@@ -56,10 +58,10 @@ from engine.model import LoadedModel
 from engine.sampler import learn, run_pipeline
 from engine.scheduler import END
 from engine.tools import prompt_messages
-from playground.api import Steps, client_of, lookup
+from playground.api import Steps, client_of, job_error, lookup
 from playground.api_format import fingerprint
 from playground.models import ModelHost
-from playground.schema import Message, _knob_field, _Wire
+from playground.schema import Message, StreamOptions, _knob_field, _Wire
 
 LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's completions default (the chat endpoint's is "until the context is full")
@@ -88,8 +90,8 @@ class CompletionRequest(_Knobs, _Wire):
     suffix: str | None = Field(None, description="Not supported.")
     best_of: int | None = Field(None, description="Accepted only equal to n.")
     prompt_logprobs: int | None = Field(None, description="Not supported.")
-    stream: bool | None = Field(None, description="Not supported yet: must be false.")
-    stream_options: dict | None = None
+    stream: bool | None = Field(None, description="Send each token of each choice as a server-sent event, ending with data: [DONE].")
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
 
@@ -101,15 +103,19 @@ class Plan:
     top: int | None  # None: no logprobs; else how many top values (V: all of them)
     as_ids: bool
     binary: bool
+    id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
+    created: int = field(default_factory=lambda: int(time.time()))
 
 
 def plan(req: CompletionRequest, lm: LoadedModel, max_logprobs: int) -> Plan:
     """The one conversion from the wire to the engine; ParamError naming the field when something is off."""
     for name, on in (("echo", req.echo), ("suffix", req.suffix is not None),
-                     ("prompt_logprobs", req.prompt_logprobs is not None), ("stream", req.stream)):
+                     ("prompt_logprobs", req.prompt_logprobs is not None)):
         if on:
             raise ParamError(name, f"{name} is not supported by this server's /v1/completions; leave it out",
                              code="unsupported_parameter")
+    if req.stream_options is not None and not req.stream:
+        raise ParamError("stream_options", "stream_options is only allowed when stream is true")
     knobs = {name: getattr(req, name) for name in KNOBS if name not in ("logprobs", "top_logprobs")}
     if knobs["max_tokens"] is None and knobs["max_completion_tokens"] is None:
         knobs["max_tokens"] = DEFAULT_MAX_TOKENS
@@ -177,53 +183,78 @@ class Top:
     values: np.ndarray  # (k,) float32: highest first for JSON, in token-id order for base64 and the whole vocabulary
 
 
-def reports(lm: LoadedModel, gen: Generation, mode: str, k: int, id_order: bool) -> list[Top]:
-    """Per drawn step of the job's one completion: the values `mode` names, the chosen token's and the top
-    k (k = V: all, in token-id order: sorting 49k values costs more than a client gains from the order).
-    Tensor work: run it on the decode loop's thread (Scheduler.call)."""
-    steps = gen.completions[0]
-    xs = [gen.snapshots[s.position].logits for s in steps]  # (V,) each: the model's raw logits, kept as drawn
-    if mode.startswith("processed"):
-        xs = _final_logits(lm, gen, xs)
-    if mode.endswith("logprobs"):
-        xs = [torch.log_softmax(x.float(), dim=-1) for x in xs]
-    out = []
-    for step, x in zip(steps, xs):
-        if k >= x.shape[-1]:
-            values, ids = x, None
-        else:
-            values, ids = x.topk(k)
-            if id_order:
-                ids = ids.sort().values
-                values = x[ids]
-        out.append(Top(float(x[step.token_id]), None if ids is None else ids.numpy().astype(np.int32),
-                       values.float().numpy()))
-    return out
+class Reporter:
+    """A job's logprobs as its steps are made: the values `mode` names at each drawn position, the chosen
+    token's and the top k (k = V: all, in token-id order; sorting 49k values costs more than a client gains
+    from the order). `feed` runs on the decode loop's thread, as the steps are delivered: all tensor work
+    happens there (engine/scheduler.py), and each position's captured logits are released once reported.
 
+    Processed values run the pipeline again on the raw logits with the row's history and the stateful
+    stages' memory, exactly as the decode loop ran it (engine/whatif.py does the same for one step)."""
 
-def _final_logits(lm: LoadedModel, gen: Generation, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The pipeline run again on each step's raw logits with the row's history, as the decode loop ran it
-    (engine/whatif.py does the same for one step): the final logits each token was drawn from."""
-    params, V, dev = gen.params, lm.vocab_size, lm.device
-    history = list(gen.prompt_ids)
-    seen = torch.zeros(1, V, dtype=torch.bool, device=dev)
-    seen[0, torch.tensor(history, device=dev)] = True
-    counts = torch.zeros(1, V, dtype=torch.float32, device=dev)
-    bias = gen.dense_bias()
-    memory = [dict(gen.memory)]
-    out = []
-    for step, x in zip(gen.completions[0], raw):
-        ctx = SamplerContext.of(params, seen.clone(), counts.clone(), None if bias is None else bias[None], None,
+    def __init__(self, gen: Generation, mode: str, k: int, id_order: bool):
+        self.gen, self.mode, self.k, self.id_order = gen, mode, k, id_order
+        self.tops: list[Top] = []
+        self._pipeline = None  # (seen, counts, bias, history, memory) once a processed mode needs it
+
+    def feed(self, steps: list) -> list[Top]:
+        made = []
+        for step in steps:
+            x = self.gen.snapshots.pop(step.position).logits  # (V,) the model's raw logits, kept as drawn
+            if self.mode.startswith("processed"):
+                x = self._final(x, step)
+            if self.mode.endswith("logprobs"):
+                x = torch.log_softmax(x.float(), dim=-1)
+            made.append(self._top(x, step.token_id))
+        self.tops += made
+        return made
+
+    def _top(self, x: torch.Tensor, token: int) -> Top:
+        if self.k >= x.shape[-1]:
+            return Top(float(x[token]), None, x.float().numpy())
+        values, ids = x.topk(self.k)
+        if self.id_order:
+            ids = ids.sort().values
+            values = x[ids]
+        return Top(float(x[token]), ids.numpy().astype(np.int32), values.float().numpy())
+
+    def _final(self, x: torch.Tensor, step) -> torch.Tensor:
+        gen = self.gen
+        params, V, dev = gen.params, gen.lm.vocab_size, gen.lm.device
+        if self._pipeline is None:
+            seen = torch.zeros(1, V, dtype=torch.bool, device=dev)
+            seen[0, torch.tensor(gen.prompt_ids, device=dev)] = True
+            bias = gen.dense_bias()
+            self._pipeline = (seen, torch.zeros(1, V, dtype=torch.float32, device=dev),
+                              None if bias is None else bias[None], list(gen.prompt_ids), [dict(gen.memory)])
+        seen, counts, bias, history, memory = self._pipeline
+        ctx = SamplerContext.of(params, seen.clone(), counts.clone(), bias, None,
                                 history=[list(history) if uses_dry(params) else None], breakers=[gen.dry_breakers],
                                 memory=memory, coords=[(gen.seed, gen.first_index, step.position)])
         stages = run_pipeline(x.to(dev)[None], ctx)
         token = step.token_id
         learn(stages, ctx, torch.tensor([token], device=dev))
-        out.append(stages[-1][1][0].float().cpu())
         seen[0, token] = True
         counts[0, token] += 1
         history.append(token)
-    return out
+        return stages[-1][1][0].float().cpu()
+
+
+class ReportedSteps(Steps):
+    """A job's steps on the event loop, each list with its Reporter's logprobs: (steps, tops or None)."""
+
+    def __init__(self, scheduler, gen: Generation, client, reporter: Reporter | None):
+        self.reporter = reporter  # before submitting: the loop may deliver at once
+        super().__init__(scheduler, gen, client)
+
+    def _put(self, item) -> None:
+        if isinstance(item, list):
+            try:
+                item = (item, None if self.reporter is None else self.reporter.feed(item))
+            except Exception as e:  # this job's report failed: it ends with the error, no other job is touched
+                self.gen.stop()
+                item = e
+        super()._put(item)
 
 
 # --- the response -----------------------------------------------------------------------------------
@@ -252,10 +283,11 @@ def _json_values(values: np.ndarray) -> list[float]:
     return np.where(np.isfinite(values), values, -9999.0).tolist()
 
 
-def logprobs_body(gen: Generation, tops: list[Top], plan_: Plan, names: Names) -> dict:
-    """vLLM's completions logprobs object for the job's one completion (or its base64 form)."""
-    chosen = [s.token_id for s in gen.completions[0]]
-    offsets = np.cumsum([0] + [len(s.text) for s in gen.completions[0]])[:-1]
+def logprobs_body(steps: list, tops: list[Top], plan_: Plan, names: Names, offset: int = 0) -> dict:
+    """vLLM's completions logprobs object for these steps of one completion (or its base64 form); `offset`:
+    where the first step's text starts in the completion's text."""
+    chosen = [s.token_id for s in steps]
+    offsets = offset + np.cumsum([0] + [len(s.text) for s in steps])[:-1]
     out = {"text_offset": offsets.tolist(), "token_logprobs": _json_values(np.array([t.chosen for t in tops])),
            "tokens": names.of(chosen, plan_.as_ids), "top_logprobs": []}
     if plan_.binary:
@@ -332,10 +364,19 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
                 gen = Generation(lm, ids, p.params, first_index=i, capture=capture)
                 gen.kv_store = store(lm)
                 jobs.append(gen)
+        reporters = [Reporter(gen, settings.logprobs_mode, p.top, p.binary) if capture else None for gen in jobs]
         scheduler = host.scheduler(lm.name)
         client = client_of(settings, request.headers, request.client.host if request.client else None)
         try:
-            feeds = [Steps(scheduler, gen, client) for gen in jobs]
+            feeds = [ReportedSteps(scheduler, gen, client, r) for gen, r in zip(jobs, reporters)]
+        except BaseException:
+            for gen in jobs:
+                gen.stop()
+            raise
+        if body.stream:
+            return StreamingResponse(_stream(lm, jobs, feeds, p, names_of(lm), body), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
             for feed in feeds:
                 while (item := await feed.next(timeout=0.5)) is not END:
                     if item is None and await request.is_disconnected():
@@ -343,10 +384,7 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
         finally:
             for gen in jobs:
                 gen.stop()
-        tops = None
-        if capture:
-            mode, k = settings.logprobs_mode, p.top
-            tops = await run_in_threadpool(scheduler.call, lambda: [reports(lm, g, mode, k, p.binary) for g in jobs])
+        tops = None if not capture else [r.tops for r in reporters]
         text = await run_in_threadpool(_body, lm, jobs, tops, p, names_of(lm))
         return Response(text, media_type="application/json")
 
@@ -369,16 +407,74 @@ def _body(lm: LoadedModel, jobs: list[Generation], tops: list[list[Top]] | None,
     for k, gen in enumerate(jobs):
         choices.append({
             "index": k, "text": gen.texts[0],
-            "logprobs": None if tops is None else logprobs_body(gen, tops[k], p, names),
+            "logprobs": None if tops is None else logprobs_body(gen.completions[0], tops[k], p, names),
             "finish_reason": gen.finish_reasons[0], "stop_reason": None, "prompt_logprobs": None,
         })
-    prompt_tokens = sum(len(ids) for ids in p.prompts)
-    completion_tokens = sum(g.completion_tokens for g in jobs)
-    body = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
-            "model": lm.name, "system_fingerprint": fingerprint(lm), "seed": p.params.seed, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    body = {**_head(lm, p), "choices": choices, "usage": _usage(jobs, p)}
     return orjson.dumps(body)  # the whole vocabulary is ~50k entries a token: orjson takes a tenth of json's time
+
+
+def _head(lm: LoadedModel, p: Plan) -> dict:
+    return {"id": p.id, "object": "text_completion", "created": p.created, "model": lm.name,
+            "system_fingerprint": fingerprint(lm), "seed": p.params.seed}
+
+
+def _usage(jobs: list[Generation], p: Plan) -> dict:
+    prompt_tokens = sum(len(ids) for ids in p.prompts)  # once per prompt, whatever n is (as vLLM)
+    completion_tokens = sum(g.completion_tokens for g in jobs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _event(obj: dict) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def _stream(lm: LoadedModel, jobs: list[Generation], feeds: list[ReportedSteps], p: Plan, names: Names,
+                  body: CompletionRequest):
+    """Data-only server-sent events as vLLM sends them: one text_completion chunk per token per choice
+    (its logprobs with it), a usage chunk if asked, then [DONE]. A failure once streaming has begun ends
+    the stream with one event in the error shape, then [DONE]. When the client goes away Starlette cancels
+    this generator, and `finally` stops every job."""
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    head = {**_head(lm, p), **({"usage": None} if include_usage else {})}
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(k: int, feed: ReportedSteps) -> None:
+        try:
+            async for item in feed:
+                await merged.put((k, item))
+        except Exception as e:
+            await merged.put((k, e))
+        await merged.put((k, END))
+
+    tasks = [asyncio.create_task(pump(k, feed)) for k, feed in enumerate(feeds)]
+    offsets = [0] * len(jobs)
+    try:
+        running = len(feeds)
+        while running:
+            k, item = await merged.get()
+            if item is END:
+                running -= 1
+                continue
+            if isinstance(item, Exception):
+                yield _event(job_error(item).body)
+                yield b"data: [DONE]\n\n"
+                return
+            steps, tops = item
+            for j, step in enumerate(steps):
+                lp = None if tops is None else logprobs_body([step], [tops[j]], p, names, offsets[k])
+                offsets[k] += len(step.text)
+                yield _event({**head, "choices": [{"index": k, "text": step.delta, "logprobs": lp,
+                                                   "finish_reason": step.finish_reason, "stop_reason": None}]})
+        if include_usage:
+            yield _event({**head, "choices": [], "usage": _usage(jobs, p)})
+        yield b"data: [DONE]\n\n"
+    finally:
+        for task in tasks:
+            task.cancel()
+        for gen in jobs:
+            gen.stop()
 
 
 def _tokenize(lm: LoadedModel, body: TokenizeRequest) -> dict:

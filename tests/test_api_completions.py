@@ -4,6 +4,7 @@ cap, raw and processed values, the base64 form, and clear refusals."""
 from __future__ import annotations
 
 import contextlib
+import json
 
 import numpy as np
 import pytest
@@ -97,6 +98,28 @@ def test_several_prompts_and_n_give_prompt_major_indexed_choices(api, prompt):
     assert body["usage"]["prompt_tokens"] == len(prompt) + len(other)
 
 
+def events(client, **body) -> list[dict]:
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def test_a_stream_sends_each_token_of_each_choice_with_its_logprobs_and_the_same_text(api, prompt):
+    knobs = dict(prompt=[prompt, prompt[:-2]], n=2, max_tokens=4, seed=8, logprobs=2)
+    whole = complete(api, **knobs)
+    chunks = events(api, **knobs, stream_options={"include_usage": True})
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    for choice in whole["choices"]:
+        mine = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == choice["index"]]
+        assert all(c["object"] == "text_completion" for c in chunks)
+        assert "".join(c["text"] for c in mine) == choice["text"]
+        assert mine[-1]["finish_reason"] == choice["finish_reason"]
+        for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            assert sum((c["logprobs"][field] for c in mine), []) == choice["logprobs"][field]
+
+
 def test_logprobs_have_vllms_completions_shape(api, prompt):
     body = complete(api, prompt=prompt, max_tokens=4, seed=2, logprobs=5)
     choice = body["choices"][0]
@@ -176,7 +199,8 @@ def test_logprobs_above_the_cap_are_refused_naming_the_cap(api):
     (dict(prompt=""), "prompt", "empty"),
     (dict(prompt=[1] * 8192), "prompt", "context window"),
     (dict(prompt=[1, 2], echo=True), "echo", "not supported"),
-    (dict(prompt=[1, 2], stream=True), "stream", "not supported"),
+    (dict(prompt=[1, 2], stream_options={"include_usage": True}), "stream_options", "stream is true"),
+    (dict(prompt=[1, 2], logprobs_mode="raw_logits"), "logprobs_mode", "Unknown parameter"),  # a server flag only
     (dict(prompt=[1, 2], temperature=-1), "temperature", "temperature"),
     (dict(prompt=[1, 2], best_of=3), "best_of", "n"),
     (dict(prompt=[1, 2], logprobz=3), "logprobz", "Unknown parameter"),
