@@ -467,6 +467,10 @@ def _has_chat_tokenize(server: Server, model: str) -> bool:
 def _tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    from engine.model import DEFAULT_MODEL, _embedded_folder, embedded_gguf
+
+    if name == DEFAULT_MODEL and (gguf := embedded_gguf()) is not None:  # as load_model reads that name: offline
+        name = str(_embedded_folder(gguf, lambda message: None))
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as e:
