@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from engine.knobs import ParamError, SamplingParams
 from engine.manual import Vocabulary
 from engine.scheduler import Scheduler
+from engine.whatif import Snapshot
 from playground import manual_runs, runfile, ui_runs
 from playground.manual_runs import Refusal, Waits
 
@@ -199,3 +201,15 @@ def test_a_run_file_without_hand_picked_steps_still_loads_and_a_bad_mark_is_refu
     assert "hand_picked" not in loaded
     with pytest.raises(ValueError, match=r"hand_picked must be a list of step positions in \[0, 0\]"):
         runfile.loads(runfile.dumps({**run, "hand_picked": [1]}))
+
+
+def test_a_forced_thinking_tag_refuses_every_other_token_with_the_reason():
+    from tests.fakes import fake_lm, fixed
+
+    lm = fake_lm(fixed([0.25] * 4), [b"<end>", b"</think>", b" sea", b" sky"])
+    allowed = torch.tensor([False, True, False, False])
+    wait = manual_runs.Waiting("k", 7, Snapshot(torch.zeros(4), allowed), {}, {}, VOCAB, {"thinking": "reasoning_effort"})
+    assert manual_runs.refusal(lm, wait, 2) == ("reasoning_effort forces the thinking section's tag here: only '</think>' "
+                                                "may come next, not ' sea'")
+    assert manual_runs.refusal(lm, wait, 1) is None
+    assert "outside the vocabulary [0, 5]" in manual_runs.refusal(lm, wait, 99)
