@@ -1,7 +1,8 @@
 """Take the README's screenshots from the real running app: python scripts/screenshots.py
 
 Starts the app on a free loopback port, drives Debian's chromium through a typical session (settings,
-generate, inspect a step, compare, a live what-if, a sweep) and writes PNGs into assets/.
+generate, inspect a step, compare, a live what-if, a sweep, many futures, the logit lens) and writes
+PNGs into assets/.
 """
 
 from __future__ import annotations
@@ -109,8 +110,51 @@ def main() -> None:
         page.wait_for_timeout(800)
         clip_between(page, "#sweep-status", "#sweep-texts", ASSETS / "sweep.png")
         draws_and_orders(page)
+        futures_and_lens(page)
+        manual(page)
         browser.close()
     print("wrote", ", ".join(sorted(p.name for p in ASSETS.glob("*.png"))))
+
+
+def futures_and_lens(page) -> None:
+    """32 futures of 8 tokens from the selected step as a tree; then the logit lens of that step."""
+    open_tab(page, "Many futures")
+    for elem, value in {"futures-n": "32", "futures-k": "8"}.items():
+        page.locator(f"#{elem} input[type=number]").fill(value)
+    page.click("#futures")
+    page.wait_for_function("document.querySelector('#futures-status').innerText.includes('32 futures × 8 tokens')",
+                           timeout=600_000)
+    page.wait_for_selector("#futures-plot .js-plotly-plot", timeout=60_000)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(800)
+    clip_between(page, "#futures-note", "#futures-texts", ASSETS / "futures.png")
+    open_tab(page, "Logit lens")
+    page.click("#lens")
+    page.wait_for_selector("#lens-rank .js-plotly-plot", timeout=180_000)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(800)
+    clip_between(page, "#lens-note", "#lens-rank", ASSETS / "lens.png")
+
+
+def manual(page) -> None:
+    """Manual mode: Generate makes one step and waits; pick a token top-k or top-p removed, then let the sampler draw."""
+    page.locator("#manual input[type=checkbox]").check()
+    page.locator("#message textarea").fill("Write a haiku about the sea.")
+    page.click("#generate")
+    page.wait_for_selector("#manual-table tr[data-token]", timeout=180_000)
+    row = page.locator("#manual-table tr.removed").first
+    token = row.get_attribute("data-token")
+    row.click()
+    page.wait_for_function(f"document.querySelector('#manual-token input').value === {token!r}", timeout=60_000)
+    page.click("#manual-pick")
+    page.wait_for_function("document.querySelector('#manual-note').innerText.includes('Step 1 is waiting')", timeout=180_000)
+    page.click("#manual-draw")
+    page.wait_for_function("document.querySelector('#manual-note').innerText.includes('Step 2 is waiting')", timeout=180_000)
+    page.wait_for_selector("#manual-inspector .js-plotly-plot", timeout=60_000)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(800)
+    clip_between(page, "#manual-note", "#manual-draw-plot", ASSETS / "manual.png")
+    page.locator("#manual input[type=checkbox]").uncheck()
 
 
 def clip_between(page, top_selector: str, bottom_selector: str, path: Path) -> None:
