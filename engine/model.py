@@ -88,6 +88,8 @@ class LoadedModel:
     source: str = ""  # where the weights came from, for the UI and the README's timings
     _texts: dict[int, str] = field(default_factory=dict, repr=False)
 
+    computes_here = True  # its forward passes run in this process (False: a remote server's, engine/remote.py)
+
     def new_rows(self):
         """The backend that holds this model's rows in a decode batch (engine/backend.py): the local
         transformers forward. A remote model (engine/remote.py) answers with its server instead."""

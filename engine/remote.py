@@ -290,6 +290,7 @@ class RemoteModel(LoadedModel):
     logprobs: int = -1  # what each step asks for: -1 the whole vocabulary, else the top K
     signed: bool = True  # the server sends raw logits (False: log-probabilities)
     template_from_server: bool = False
+    computes_here = False
 
     @property
     def mode(self) -> str:

@@ -45,7 +45,8 @@ class ModelHost:
         lm = self.get(name)
         with self._lock:
             if lm.name not in self._schedulers:
-                self._schedulers[lm.name] = (Scheduler(lm, self.limits) if self.gpu is None
+                # A model computed elsewhere (a remote server's) needs no GPU call: the shared loop serves it.
+                self._schedulers[lm.name] = (Scheduler(lm, self.limits) if self.gpu is None or not lm.computes_here
                                              else zerogpu.GpuScheduler(lm, self.limits, self.gpu))
             return self._schedulers[lm.name]
 

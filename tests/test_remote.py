@@ -278,3 +278,13 @@ def test_the_step_view_says_which_stages_were_approximate_and_that_a_draw_was_dr
     titles = [figures._row_title(st, knobs, False) for st in step["stages"]]
     assert [t.endswith("approximate (the server sent only its top tokens)") for t in titles] == \
         [st["name"] == "temperature" for st in step["stages"]]
+
+
+def test_on_zerogpu_a_remote_model_is_served_by_the_shared_loop_not_a_gpu_call(closes_schedulers):
+    from playground import zerogpu
+    from playground.models import ModelHost
+
+    host = ModelHost(fake_lm(chatty(V), PIECES), gpu=zerogpu.pickled)
+    far = host.add(remote(chatty(V)))
+    assert isinstance(host.scheduler(far.name), Scheduler)
+    assert isinstance(host.scheduler(), zerogpu.GpuScheduler)
