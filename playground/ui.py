@@ -577,12 +577,15 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
         trigger_mode="always_last", **quiet, **model_events)
     c["manual_table"].click(_pick_row, None, c["manual_token"], **quiet)
 
-    # ---- teaching: the selected step drawn N times; under every engine's order ----
-    _on([b["draws"].click, c["draws_n"].change, c["draws_seed"].change], bound(ui_manydraws.sample_step),
-        {**settings, **selection, "draws": c["draws_n"], "draws_seed": c["draws_seed"]}, pick("draws_note", "draws_plot"),
-        trigger_mode="always_last", **quiet, **model_events)
-    _on(b["orders"].click, bound(ui_orders.all_orders), {**settings, **selection},
-        pick("orders_note", "orders_table", "orders_plot"), **model_events)
+    # ---- teaching: the selected step drawn N times; under every engine's order (once drawn, they follow the step) ----
+    draws_in = {**settings, **selection, "draws": c["draws_n"], "draws_seed": c["draws_seed"]}
+    draws_out, orders_out = pick("draws_note", "draws_plot"), pick("orders_note", "orders_table", "orders_plot")
+    _on([b["draws"].click, c["draws_n"].change, c["draws_seed"].change], bound(ui_manydraws.sample_step), draws_in,
+        draws_out, trigger_mode="always_last", **quiet, **model_events)
+    _then(shown, bound(ui_manydraws.follow_step), {**draws_in, "note": c["draws_note"]}, draws_out, **quiet, **model_events)
+    _on(b["orders"].click, bound(ui_orders.all_orders), {**settings, **selection}, orders_out, **model_events)
+    _then(shown, bound(ui_orders.follow_step), {**settings, **selection, "note": c["orders_note"]}, orders_out, **quiet,
+          **model_events)
 
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))

@@ -112,6 +112,14 @@ def sample_step(host: ModelHost, stops, ui: Inputs, runs: list[dict], view: Any,
            "draws_plot": many_draws_figure(shown, n, title)}
 
 
+
+def follow_step(host: ModelHost, stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any, draws: Any,
+                draws_seed: Any, session: str, note: str) -> Iterator[dict[str, Any]]:
+    """`sample_step` for a newly selected step, once the view has been drawn (its note is not empty), so
+    the histogram follows the selection; nothing for a page that never opened it."""
+    if note:
+        yield from sample_step(host, stops, ui, runs, view, completion, step, draws, draws_seed, session)
+
 def recorded(step: dict, texts: dict[int, str]) -> tuple[np.ndarray, np.ndarray, dict[int, str], str]:
     """(final, raw, labels, what they are) over the step's recorded candidates plus one rest category:
     what a run holds without its model."""

@@ -152,3 +152,10 @@ def all_orders(host: ModelHost, stops, ui: Inputs, runs: list[dict], view: Any, 
                           f"{explain(steps, PRESETS, on, texts)}",
            "orders_table": table_html(steps, PRESETS, on, texts),
            "orders_plot": orders_figure(list(steps.items()), texts)}
+
+
+def follow_step(host: ModelHost, stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any,
+                session: str, note: str) -> Iterator[dict[str, Any]]:
+    """`all_orders` for a newly selected step, once the view has been drawn (its note is not empty)."""
+    if note:
+        yield from all_orders(host, stops, ui, runs, view, completion, step, session)

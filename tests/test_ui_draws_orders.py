@@ -57,6 +57,11 @@ def test_sampling_a_step_n_times_draws_a_histogram_that_moving_n_redraws(page):
     page.wait_for_function("[...document.querySelectorAll('#draws-plot text')].some(t => t.textContent.includes('100,000 times'))",
                            timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "ui-draws.png"), full_page=True)
+    # Once drawn, the histogram follows the selected step.
+    step = page.inner_text("#draws-note").split("from step ")[1].split(".")[0]
+    other = "1" if step != "1" else "2"
+    page.locator(f"#tokenview [data-step='{other}']").click()
+    wait_text(page, "draws-note", f"100,000 draws from step {other}.")
 
 
 def test_every_engine_order_on_the_selected_step_side_by_side(page):
@@ -74,3 +79,5 @@ def test_every_engine_order_on_the_selected_step_side_by_side(page):
     page.wait_for_selector("#orders-plot .js-plotly-plot", timeout=30_000)
     assert page.locator("#orders-plot .js-plotly-plot .barlayer .trace").count() == 4
     page.screenshot(path=str(ARTIFACTS / "ui-orders.png"), full_page=True)
+    page.locator("#tokenview [data-step='4']").click()  # once drawn, the view follows the selected step
+    wait_text(page, "orders-note", "Step 4 under", timeout=GENERATION_TIMEOUT_MS)

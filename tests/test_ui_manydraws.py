@@ -118,3 +118,13 @@ def test_the_sentence_says_how_close_the_draws_come():
 
 def test_with_too_few_draws_the_sentence_says_there_is_no_chi_square():
     assert "Too few draws for a χ² test" in ui_manydraws.describe(10, 0, np.array([4, 3, 3]), np.array([0.4, 0.3, 0.3]))
+
+
+def test_a_page_that_never_drew_the_histogram_does_not_draw_it_for_a_new_step():
+    assert list(ui_manydraws.follow_step(None, None, None, [], 0, 1, 0, 3, 0, "s", note="")) == []
+
+
+@pytest.mark.model
+def test_once_drawn_the_histogram_follows_a_newly_selected_step(lm, host, runs):
+    out = last(ui_manydraws.follow_step(host, Stops(), settings(lm), runs, 0, 1, 4, 3, 0, "s", note="drawn before"))
+    assert "**1,000 draws** from step 4" in out["draws_note"]

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from engine.knobs import KNOBS, SamplingParams
-from engine.stages import PRESETS
+from engine.stages import PRESETS, token_label
 from playground import ui_events, ui_orders
 from playground.models import ModelHost
 from playground.ui_events import Inputs, Stops
@@ -101,7 +101,7 @@ def test_the_runs_own_order_picks_the_recorded_token(lm, host, runs):
     assert SamplingParams.build(**runs[0]["params"]).sampler_order == PRESETS["Hugging Face"]
     hf = out["orders_table"].split("<tr>")[2]
     assert hf.startswith("<td><b>Hugging Face</b></td><td>temperature → top-p</td>")
-    assert f"<code>{ui_orders.token_label(runs[0]['texts'], recorded['token_id'])}</code></td></tr>" in hf
+    assert f"<code>{token_label(runs[0]['texts'], recorded['token_id'])}</code></td></tr>" in hf
     assert len(out["orders_plot"].data) == 4
 
 
@@ -121,3 +121,7 @@ def test_without_the_model_the_view_says_it_needs_it(lm, host, runs):
     out = last(ui_orders.all_orders(host, Stops(), settings(lm), [{**runs[0], "model": "another/model"}], 0, 1, 0, "s"))
     assert "needs the step's exact logits, so the model" in out["orders_note"] and "'another/model', is not loaded" in out["orders_note"]
     assert "orders_table" not in out
+
+
+def test_a_page_that_never_compared_the_orders_does_not_compare_them_for_a_new_step():
+    assert list(ui_orders.follow_step(None, None, None, [], 0, 1, 0, "s", note="")) == []
