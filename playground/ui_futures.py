@@ -87,11 +87,13 @@ def pick_node(result: dict | None, node: str) -> dict[str, Any]:
 def continuations_html(result: dict, node: str) -> str:
     rows = futures.continuations(result, node)
     through = sum(c for _, c, _ in rows)
-    items = "".join(f"<li><span class='comp-text'>{escape(text)}</span> <b>× {count}</b>"
-                    f"{' ★ the run' if own else ''}</li>" for text, count, own in rows)
+    distinct = sum(1 for _, c, _ in rows if c)
+    items = "".join(f"<li><span class='comp-text'>{escape(text)}</span> "
+                    + (f"<b>× {count}</b>{' ★ also the run' * own}" if count else "<b>★ the run's own text</b>")
+                    + "</li>" for text, count, own in rows)
     where = "all paths" if node == futures.ROOT else f"the paths through {escape(_node_text(result, node))}"
-    return (f"<p class='note'>{where}: {through} future{'s' * (through != 1)}, {len(rows)} distinct "
-            f"text{'s' * (len(rows) != 1)}.</p><ol class='sweep-texts' id='futures-list'>{items}</ol>")
+    return (f"<p class='note'>{where}: {through} future{'s' * (through != 1)}, {distinct} distinct "
+            f"text{'s' * (distinct != 1)}.</p><ol class='sweep-texts' id='futures-list'>{items}</ol>")
 
 
 def _node_text(result: dict, node: str) -> str:

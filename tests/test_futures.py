@@ -144,3 +144,10 @@ def test_clicking_a_node_lists_its_continuations():
     result = futures.tree(PATHS, OWN, TEXTS, "start")
     html = ui_futures.pick_node(result, "root/1/2")["futures_texts"]
     assert "The sea is" in html and "The sky" not in html and "2 futures" in html
+
+
+def test_the_runs_own_text_is_listed_beside_the_futures_but_not_counted_among_them():
+    result = futures.tree(PATHS, OWN, TEXTS, "start")
+    html = ui_futures.continuations_html(result, "root/1")
+    assert "3 futures, 3 distinct texts" in html
+    assert "The sky was</span> <b>★ the run's own text</b>" in html
