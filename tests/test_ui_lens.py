@@ -69,3 +69,11 @@ def test_the_heatmap_cells_show_the_top_token_and_hover_the_top_five(table):
 def test_a_run_of_a_model_that_is_not_loaded_says_the_lens_needs_it(host, runs):
     out = ui_lens.lens(host, [{**runs[0], "model": "someone/else"}], 0, 1, 2)
     assert "needs the model" in out["lens_note"] and out["lens_heatmap"] is None
+
+
+def test_a_model_without_local_weights_is_refused_in_words(lm, runs):
+    import dataclasses
+
+    remote = dataclasses.replace(lm, model=None, name="a-server/model")  # as engine/remote.py's RemoteModel holds it
+    out = ui_lens.lens(ModelHost(remote), [{**runs[0], "model": remote.name}], 0, 1, 2)
+    assert "needs a local model's hidden states" in out["lens_note"] and out["lens_heatmap"] is None
