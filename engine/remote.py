@@ -24,6 +24,11 @@ Two modes, found when connecting (`connect` probes the server once):
   with the same uniform (`redraw_known`), and the step says so. Grammars and thinking budgets (which may
   need tokens outside the top K) are refused on such a server.
 
+A llama.cpp server, whose /v1/completions gives no logprobs over token prompts, is driven through its own
+`/completion` (a token prompt, `n_probs` as large as the vocabulary, the raw softmax before its samplers)
+one row a request, with its chat template from `/apply-template`. Its values are log-probabilities, so the
+repetition penalty is approximate there.
+
 The vocabulary's strings (stop matching, incremental text, DRY's breakers, grammars) come from a local
 tokenizer: `--remote-tokenizer ID_OR_FOLDER`, else the model's own name as a Hub id or folder. The chat
 template comes from the server where it offers one (`/tokenize` with messages), else from that tokenizer.
@@ -181,6 +186,7 @@ class Server:
     transport: Any = None  # an httpx transport (tests: httpx.MockTransport); None: the network
     binary: bool = False  # ask for the base64 float32 extension (connect finds whether the server has it)
     received: int = 0  # response bytes so far (bench/bench_remote.py)
+    dialect: str = "openai"  # or "llama.cpp": its /completion with n_probs (found when connecting)
     _client: Any = field(default=None, repr=False)
 
     def client(self):
@@ -217,8 +223,10 @@ class Server:
             raise RemoteError(f"the server at {self.url} answered {method} {path} with {status}: {_message(data)}")
         return data
 
-    def completions(self, model: str, prompts: list[list[int]], logprobs: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per prompt, the (ids, values) of the next position's top `logprobs` (-1: every token)."""
+    def completions(self, model: str, prompts: list[list[int]], logprobs: int, vocab: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per prompt, the (ids, values) of the next position's top `logprobs` (-1: every one of `vocab` tokens)."""
+        if self.dialect == "llama.cpp":
+            return [self.llama_probs(prompt, vocab if logprobs < 0 else logprobs) for prompt in prompts]
         data = self.get("/v1/completions", {
             "model": model, "prompt": prompts, "max_tokens": 1, "logprobs": logprobs,
             "return_tokens_as_token_ids": True, "temperature": 1.0, "top_p": 1.0, "n": 1, "stream": False,
@@ -229,6 +237,18 @@ class Server:
             raise RemoteError(f"the server answered {len(choices)} choices for {len(prompts)} token prompts: "
                               "it does not take a list of token-id prompts")
         return [_entries(c) for c in choices]
+
+    def llama_probs(self, prompt: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """llama.cpp's /completion: one token prompt (its server takes one a request), `n_probs` of the raw
+        softmax with ids (post_sampling_probs off: the distribution before its samplers)."""
+        data = self.get("/completion", {"prompt": prompt, "n_predict": 1, "n_probs": n, "temperature": 1.0,
+                                        "cache_prompt": True, "post_sampling_probs": False, "stream": False})
+        probs = data.get("completion_probabilities") or []
+        if not probs or not probs[0].get("top_logprobs"):
+            raise RemoteError("the llama.cpp server sent no completion_probabilities: it must honour n_probs")
+        top = probs[0]["top_logprobs"]
+        values = [float("-inf") if t.get("logprob") is None else t["logprob"] for t in top]
+        return np.array([t["id"] for t in top], dtype=np.int64), np.array(values, dtype=np.float32)
 
     def _format(self) -> dict:
         # The compact binary form, an extension this playground's own server answers (about a tenth of JSON's bytes).
@@ -301,11 +321,14 @@ class RemoteModel(LoadedModel):
 
     def next_logits(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next-token logits (B, V) float32 of each token prompt, and which are known (None: all)."""
-        entries = self.server.completions(self.remote_name, prompts, self.logprobs)
+        entries = self.server.completions(self.remote_name, prompts, self.logprobs, self.vocab_size)
         return dense_logits(entries, self.vocab_size, logprobs=not self.signed)
 
     def encode_chat(self, messages: list[dict], **template_kwargs) -> list[int]:
         """The server's own chat template where it offers one (/tokenize with messages), else the tokenizer's."""
+        if self.template_from_server and self.server.dialect == "llama.cpp":  # its template, this vocabulary
+            text = self.server.get("/apply-template", {"messages": messages, **template_kwargs})["prompt"]
+            return self.tokenizer.encode(text, add_special_tokens=False)
         if self.template_from_server:
             body = {"model": self.remote_name, "messages": messages, "add_generation_prompt": True,
                     **({"tools": template_kwargs["tools"]} if template_kwargs.get("tools") else {})}
@@ -435,6 +458,12 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
             entries, logprobs = _entries(choices[0]), ask
             server.binary = bool((choices[0].get("logprobs") or {}).get("top_logprobs_base64"))
             break
+    if entries is None:  # llama.cpp's own /completion: n_probs over a token prompt, as many as the vocabulary
+        status, data = server.call("POST", "/completion", {"prompt": probe[0], "n_predict": 1, "n_probs": V,
+                                                           "post_sampling_probs": False, "stream": False})
+        if status == 200 and (data.get("completion_probabilities") or [{}])[0].get("top_logprobs"):
+            server.dialect, logprobs = "llama.cpp", -1
+            entries = server.llama_probs(probe[0], V)
     if entries is None:
         raise RemoteError(f"the server at {url} gives no logprobs for token-id prompts on /v1/completions ({why})")
     ids, values = entries
@@ -460,6 +489,9 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
 
 
 def _has_chat_tokenize(server: Server, model: str) -> bool:
+    if server.dialect == "llama.cpp":
+        status, data = server.call("POST", "/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
+        return status == 200 and isinstance(data, dict) and isinstance(data.get("prompt"), str)
     status, data = server.call("POST", "/tokenize", {"model": model, "messages": [{"role": "user", "content": "hi"}],
                                                      "add_generation_prompt": True})
     return status == 200 and isinstance(data, dict) and isinstance(data.get("tokens"), list)

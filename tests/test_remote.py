@@ -288,3 +288,35 @@ def test_on_zerogpu_a_remote_model_is_served_by_the_shared_loop_not_a_gpu_call(c
     far = host.add(remote(chatty(V)))
     assert isinstance(host.scheduler(far.name), Scheduler)
     assert isinstance(host.scheduler(), zerogpu.GpuScheduler)
+
+
+def llama_server(next_logits) -> httpx.MockTransport:
+    """llama.cpp's server: no /v1/completions logprobs on token prompts, but /completion with n_probs (the raw
+    softmax's top N with ids) and /apply-template."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake"}]})
+        if request.url.path == "/apply-template":
+            return httpx.Response(200, json={"prompt": "j" + "".join(m["content"] for m in body["messages"]) + "<p>"})
+        if request.url.path != "/completion":
+            return httpx.Response(404, json={"error": {"code": 404, "message": "File Not Found"}})
+        x = next_logits(body["prompt"]).float()
+        lp = x - torch.logsumexp(x, 0)
+        order = lp.argsort(descending=True)[: body["n_probs"]].tolist()
+        top = [{"id": j, "token": PIECES[j].decode(), "logprob": float(lp[j])} for j in order]
+        return httpx.Response(200, json={"content": "", "completion_probabilities": [{**top[0], "top_logprobs": top}]})
+
+    return httpx.MockTransport(handle)
+
+
+def test_a_llama_cpp_server_is_driven_through_its_own_completion_endpoint():
+    lm = connect("http://fake", "fake", tokenizer_object=FakeTokenizer(PIECES), transport=llama_server(chatty(V)))
+    assert lm.server.dialect == "llama.cpp" and lm.name == "fake · remote · exact" and not lm.signed
+    # Its template (which opens with "j", the local one does not), then this vocabulary.
+    assert lm.encode_chat([{"role": "user", "content": "abc"}]) == [11, 2, 3, 4, 1]
+    greedy = SamplingParams.build(temperature=0, max_tokens=8)
+    assert outcome(run(lm, greedy)) == outcome(run(fake_lm(chatty(V), PIECES), greedy))
+    penalised = run(lm, SamplingParams.build(seed=4, max_tokens=3, repetition_penalty=1.2))
+    assert all(s.approximate == ("repetition_penalty",) for s in penalised.completions[0])
