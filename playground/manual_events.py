@@ -23,7 +23,7 @@ from engine.stages import ALL, visible
 from playground import figures, manual_runs, tokenview, ui_events
 from playground.manual_runs import Refusal, Run, Waiting
 from playground.models import ModelHost
-from playground.ui_events import Inputs, Stops, _encoder, view_choices
+from playground.ui_events import Inputs, Stops, _encoder, _selected, view_choices
 from playground.ui_settings import collect, describe_error
 
 Out = dict[str, Any]
@@ -81,6 +81,21 @@ def start(host: ModelHost, stops: Stops, ui: Inputs, session: str, manual: bool 
         return
     yield {"tabs": gr.Tabs(selected="manual"), "manual_run": run, "manual_page": 1}
     yield from _wait_and_show(host, stops, lm, run, session, search, sort, reverse, 1, said="A new manual run.")
+
+
+def take_over(host: ModelHost, stops: Stops, runs: list[dict], view: Any, completion: Any, step: Any, session: str,
+              search: str = "", sort: str = "rank", reverse: bool = False) -> Iterator[Out]:
+    """Continue the shown run (generated, branched, loaded) by hand from its selected step."""
+    try:
+        run, c, pos = _selected(runs, view, completion, step)
+        lm = host.get(run["model"])
+        manual = manual_runs.take_over(lm, run, c, pos)
+    except (ValueError, KeyError) as e:
+        yield {"manual_note": _problem(e), "tabs": gr.Tabs(selected="manual")}
+        return
+    yield {"tabs": gr.Tabs(selected="manual"), "manual_run": manual, "manual_page": 1}
+    yield from _wait_and_show(host, stops, lm, manual, session, search, sort, reverse, 1,
+                              said=f"Completion {c + 1} of {run['label']}, taken over by hand at step {pos}.")
 
 
 def draw(host: ModelHost, stops: Stops, manual_run: Run | None, session: str, search: str = "", sort: str = "rank",

@@ -5,6 +5,7 @@ draw, or rewinds. No Gradio here (playground/manual_events.py shows it), so it i
     wait = wait_at(lm, scheduler, run, session)              # the next step, computed, waiting in WAITS
     run = take(lm, scheduler, run, wait, token=None)         # the sampler's draw (token=None) or a pick
     run = rewind(lm, run, steps=3)
+    run = take_over(lm, generated, completion=0, position=5)   # any run, continued by hand from step 5
     page = table(wait.vocabulary, vocabulary_texts(lm), search="sea", sort="final p")
 
 A manual run is a run as playground/ui_runs.py keeps it, with one completion, plus "hand_picked": the
@@ -56,6 +57,25 @@ def new_run(lm: LoadedModel, messages: list[dict], params: SamplingParams, extra
     _, run = ui_runs.start(lm, messages, params.with_(n=1), "Manual", extras)
     run["hand_picked"] = []
     return run
+
+
+def take_over(lm: LoadedModel, run: Run, completion: int, position: int) -> Run:
+    """A manual run that continues completion `completion` of any run (generated, branched, loaded) by hand
+    from step `position`: its earlier steps as they were, the same prompt, settings and random numbers."""
+    if not run.get("prompt_ids"):
+        raise ParamError("run", "this run holds no prompt (an API response without its request): it cannot be continued")
+    src = run["completions"][completion]["steps"]
+    if not 0 <= position <= len(src):
+        raise ParamError("step", f"step must be in [0, {len(src)}], got {position}")
+    picked = run.get("hand_picked", []) if completion == 0 else []
+    out = {**run, "label": f"Manual from {run['label']}" if not run["label"].startswith("Manual") else run["label"],
+           "params": {**run["params"], "n": 1}, "texts": dict(run["texts"]),
+           "completions": [{"steps": [dict(s) for s in src[:position]], "text": "", "finish_reason": None, "message": None}],
+           "hand_picked": [p for p in picked if p < position],
+           # The same random numbers as the completion taken over (seed, completion index, position).
+           "first_index": run.get("first_index", 0) + completion, "waiting": None}
+    _finish(lm, out)
+    return out
 
 
 def tokens(run: Run) -> list[int]:

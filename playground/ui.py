@@ -421,6 +421,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                             c["manual_rewind_n"] = gr.Number(1, label="steps to rewind", precision=0, minimum=1,
                                                              elem_id="manual-rewind-n", scale=1)
                             c["manual_rewind_btn"] = gr.Button("Rewind", elem_id="manual-rewind", scale=1)
+                            c["manual_takeover_btn"] = gr.Button("Take over the shown run at the selected step", scale=2,
+                                                                 elem_id="manual-takeover")
                         with gr.Row():
                             with gr.Column(scale=3):
                                 with gr.Row():
@@ -566,6 +568,8 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     _on([b["generate"].click, c["message"].submit], bound(manual_events.start), {**settings, "manual": c["manual"], **table_in},
         {**manual_out, "tabs": c["tabs"]}, **model_events)
     _on(c["manual_draw_btn"].click, bound(manual_events.draw), manual_in, manual_out, **model_events)
+    _on(c["manual_takeover_btn"].click, bound(manual_events.take_over), {**selection, **table_in},
+        {**manual_out, "tabs": c["tabs"]}, **model_events)
     _on(c["manual_pick_btn"].click, bound(manual_events.pick), {**manual_in, "token": c["manual_token"]}, manual_out,
         **model_events)
     _on(c["manual_rewind_btn"].click, bound(manual_events.rewind), {**manual_in, "count": c["manual_rewind_n"]}, manual_out,

@@ -9,6 +9,7 @@ import torch
 
 from engine.knobs import ParamError, SamplingParams
 from engine.manual import Vocabulary
+from engine.rng import uniform
 from engine.scheduler import Scheduler
 from engine.whatif import Snapshot
 from playground import manual_runs, runfile, ui_runs
@@ -213,3 +214,19 @@ def test_a_forced_thinking_tag_refuses_every_other_token_with_the_reason():
                                                 "may come next, not ' sea'")
     assert manual_runs.refusal(lm, wait, 1) is None
     assert "outside the vocabulary [0, 5]" in manual_runs.refusal(lm, wait, 99)
+
+
+@pytest.mark.model
+def test_any_run_can_be_taken_over_by_hand_from_a_step_with_its_own_random_numbers(lm, scheduler):
+    params = SamplingParams.build(n=2, max_tokens=5, seed=8, temperature=1.2)
+    gen, generated = ui_runs.start(lm, MESSAGES, params, "Generated")
+    for generated in ui_runs.advance(lm, ui_runs.submit(scheduler, gen), generated, every_s=0.0):
+        pass
+    loaded, _ = runfile.loads(runfile.dumps(generated))
+    run = manual_runs.take_over(lm, loaded, 1, 2)
+    assert run["label"] == "Manual from Generated" and run["hand_picked"] == [] and len(run["completions"]) == 1
+    assert manual_runs.tokens(run) == [s["token_id"] for s in generated["completions"][1]["steps"][:2]]
+    # The sampler's draw there uses completion 2's random number for step 2: (seed, 1, 2).
+    assert manual_runs.wait_at(lm, scheduler, run).drawn["draw"] == round(uniform(8, 1, 2), 6)
+    with pytest.raises(ParamError, match="no prompt"):
+        manual_runs.take_over(lm, {**loaded, "prompt_ids": []}, 0, 0)
