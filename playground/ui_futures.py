@@ -62,6 +62,9 @@ def run_futures(host: ModelHost, stops: Stops, runs: list[dict], view: Any, comp
                 texts[t] = lm.token_text(t)
     root = f"step {pos}" if pos else "start"
     result = futures.tree(paths, own, texts, root)
+    # What the JSON needs to be read (and redrawn) on its own.
+    result.update(model=lm.name, run=run["label"], completion=c + 1, step=pos, tokens=k, seed=futures.SEED,
+                  params={**run["params"], "n": n, "max_tokens": k, "seed": futures.SEED})
     stopped = any(r == "cancelled" for r in gen.finish_reasons)
     yield {
         "futures_status": tokenview.progress_html(1, 1, f"{'Stopped: ' if stopped else ''}{n} futures × {k} tokens from "

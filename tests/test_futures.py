@@ -122,7 +122,9 @@ def test_futures_from_a_step_continue_the_runs_tokens_before_it(lm, host, runs):
     for n in result["nodes"]:
         if n["depth"] == 1 and n["token"] in raw:
             assert n["p"] == pytest.approx(raw[n["token"]], rel=0.05, abs=1e-3)
-    assert json.loads(open(outs[-1]["futures_json"]).read())["futures"] == result["futures"]
+    saved = json.loads(open(outs[-1]["futures_json"]).read())
+    assert saved["futures"] == result["futures"]
+    assert (saved["step"], saved["tokens"], saved["seed"], saved["params"]["n"]) == (3, 4, 0, 6)
 
 
 @pytest.mark.model
