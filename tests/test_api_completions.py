@@ -246,3 +246,20 @@ def test_the_server_flags_offer_vllms_logprobs_modes():
     assert app_module.parse_args([]).max_logprobs == 20
     with pytest.raises(SystemExit):
         app_module.parse_args(["--max-logprobs", "-2"])
+
+
+@pytest.mark.server
+def test_the_official_openai_client_drives_completions_with_token_prompts(server, prompt):
+    import openai
+
+    client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    got = client.completions.create(model=model, prompt=[prompt, prompt[:-1]], max_tokens=2, seed=4, logprobs=3,
+                                    extra_body={"top_k": 20, "return_tokens_as_token_ids": True})
+    assert [c.index for c in got.choices] == [0, 1] and got.usage.completion_tokens == 4
+    for choice in got.choices:
+        assert all(t.startswith("token_id:") for t in choice.logprobs.tokens)
+        assert len(choice.logprobs.top_logprobs) == 2 and all(len(top) >= 3 for top in choice.logprobs.top_logprobs)
+    streamed = client.completions.create(model=model, prompt=prompt, max_tokens=2, seed=4, stream=True,
+                                         extra_body={"top_k": 20})
+    assert "".join(chunk.choices[0].text for chunk in streamed) == got.choices[0].text
