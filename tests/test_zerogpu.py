@@ -147,6 +147,19 @@ def test_no_tensor_work_runs_outside_the_gpu_call(lm, runs):
     assert set(outside) <= {"aten::empty", "aten::set_"}, outside  # unpickling a CPU tensor
 
 
+def test_a_call_that_needs_the_weights_is_a_gpu_call_and_one_that_does_not_stays_here(lm, host):
+    ids = [1, 9690, 198, 2683]
+    with torch.inference_mode():
+        expected = int(lm.model(torch.tensor([ids])).logits[0, -1].argmax())
+    before = calls(host)
+    # A logit lens's kind of work: a forward pass, in a GPU call (the lambda and its ids go by value).
+    assert host.scheduler().call(lambda: int(lm.model(torch.tensor([ids])).logits[0, -1].argmax())) == expected
+    assert calls(host) == before + 1
+    # A what-if's kind of work: the tokenizer and CPU tensors only, here.
+    assert host.scheduler().call(lambda: lm.token_text(ids[1])) == lm.token_text(ids[1])
+    assert calls(host) == before + 1
+
+
 def test_loading_a_model_is_off_and_says_why(host):
     assert host.load_off and "Loading a model is off on ZeroGPU" in ui_events.load_model(host, "some/model")["model_info"]
     assert host.names() == [host.default]
