@@ -1,7 +1,8 @@
 """What one row-step costs a client that drives this server as its remote, on loopback: the server as a
 subprocess (--max-logprobs -1 --logprobs-mode raw_logits), one client stepping a sequence through
-/v1/completions (token prompt one token longer each request, max_tokens 1, KV reuse on). Per wire form:
-the median ms per request (the client's wall time, parsing included) and the response's bytes.
+/v1/completions (token prompt one token longer each request, max_tokens 1, KV reuse on). Per wire form,
+per request: the client's wall time (parsing included; median), the CPU time the server process and the
+client spent (steadier than wall time on a busy machine; mean), and the response's bytes.
 
 - no logprobs: the server's own step, the floor;
 - top-20 JSON; whole vocabulary as JSON with token-id names, and with text names;
@@ -15,6 +16,7 @@ Client and server share this machine's cores: say so beside the numbers. Asserts
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -50,15 +52,20 @@ def next_token(choice: dict, vocab: int) -> int:
     return int(name.removeprefix("token_id:")) if name.startswith("token_id:") else -1
 
 
-def step(client: httpx.Client, ids: list[int], body: dict, vocab: int) -> tuple[float, int]:
-    """One row-step: (seconds, response bytes); the sequence grows by the client's pick."""
-    t = time.perf_counter()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def step(client: httpx.Client, server_pid: int, ids: list[int], body: dict, vocab: int) -> tuple[float, float, float, int]:
+    """One row-step: (wall s, server CPU s, client CPU s, response bytes); the sequence grows by the client's pick."""
+    t, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     r = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 1, "seed": 0, **body})
-    choice = r.json()["choices"][0]
-    seconds = time.perf_counter() - t
-    token = next_token(choice, vocab)
+    token = next_token(r.json()["choices"][0], vocab)
+    out = (time.perf_counter() - t, cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu, len(r.content))
     ids.append(token if token >= 0 else 198)  # no values to pick from: any token keeps the sequence growing
-    return seconds, len(r.content)
+    return out
 
 
 def main() -> None:
@@ -75,18 +82,18 @@ def main() -> None:
             # Each form steps its own sequence (another's would be in the KV store already: no forward at all),
             # and the forms take turns, so a busy moment of this shared machine falls on all of them alike.
             seqs = {name: prompt[:-5] + [28 + k] + prompt[-5:] for k, name in enumerate(FORMS)}
-            times: dict[str, list[float]] = {name: [] for name in FORMS}
-            sizes: dict[str, list[int]] = {name: [] for name in FORMS}
+            got: dict[str, list[tuple]] = {name: [] for name in FORMS}
             for _ in range(args.steps):
                 for name, body in FORMS.items():
-                    seconds, size = step(client, seqs[name], body, vocab)
-                    times[name].append(seconds)
-                    sizes[name].append(size)
-            floor = statistics.median(times["no logprobs"][1:])
-            print(f"{'form':30s} {'ms/step':>8s} {'bytes/step':>11s} {'x floor':>8s}")
-            for name in FORMS:
-                ms = statistics.median(times[name][1:])
-                print(f"{name:30s} {ms * 1000:8.1f} {int(statistics.median(sizes[name])):11,d} {ms / floor:8.2f}")
+                    got[name].append(step(client, server.proc.pid, seqs[name], body, vocab))
+            # Wall time and bytes: medians. CPU time: means (/proc counts in 10 ms ticks; a mean resolves less).
+            med = {name: [statistics.median(col) if k in (0, 3) else statistics.mean(col) for k, col in enumerate(zip(*rows[1:]))]
+                   for name, rows in got.items()}
+            floor = med["no logprobs"][0]
+            print(f"{'form':30s} {'wall ms':>8s} {'x floor':>8s} {'server CPU ms':>14s} {'client CPU ms':>14s} {'bytes':>11s}")
+            for name, (wall, server_cpu, client_cpu, size) in med.items():
+                print(f"{name:30s} {wall * 1000:8.1f} {wall / floor:8.2f} {server_cpu * 1000:14.1f} "
+                      f"{client_cpu * 1000:14.1f} {int(size):11,d}")
 
 if __name__ == "__main__":
     main()
