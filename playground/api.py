@@ -260,7 +260,9 @@ def create_api(host: ModelHost, settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
 
     def model_card(name: str) -> dict:
-        return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local"}
+        # max_model_len as vLLM's cards carry it: a client driving this server as a remote sizes its prompts by it.
+        return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local",
+                "max_model_len": getattr(host.get(name), "context_length", None)}
 
     @app.get("/v1/models")
     def list_models():

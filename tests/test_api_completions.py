@@ -225,6 +225,11 @@ def test_tokenize_without_the_generation_prompt_ends_with_the_last_message(api):
     assert "assistant" not in "".join(ids["token_strs"][-3:])
 
 
+def test_the_model_card_carries_the_context_window_as_vllms_does(api, lm):
+    (card,) = api.get("/v1/models").json()["data"]
+    assert card["max_model_len"] == lm.context_length
+
+
 def test_detokenize_refuses_ids_outside_the_vocabulary(api):
     r = api.post("/detokenize", json={"tokens": [1, 10**6]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
