@@ -107,10 +107,15 @@ def draw(host: ModelHost, stops: Stops, manual_run: Run | None, session: str, se
 def pick(host: ModelHost, stops: Stops, manual_run: Run | None, token: Any, session: str, search: str = "",
          sort: str = "rank", reverse: bool = False) -> Iterator[Out]:
     """Take the learner's token at the waiting step (a token a truncation removed too)."""
-    if token is None or token == "":
+    text = str(token if token is not None else "").strip().removeprefix("#")
+    if not text:
         yield {"manual_note": "Click a row of the table (or type a token id) first, then press Pick."}
         return
-    yield from _act(host, stops, manual_run, session, int(token), search, sort, reverse)
+    if not text.isdigit():
+        yield {"manual_note": f"⚠️ **token**: a token id is a whole number in [0, {host.get(manual_run['model']).vocab_size - 1}] "
+                              f"(click a row to fill it in), got {text!r}" if manual_run else "Turn on manual mode and press Generate first."}
+        return
+    yield from _act(host, stops, manual_run, session, int(text), search, sort, reverse)
 
 
 def rewind(host: ModelHost, stops: Stops, manual_run: Run | None, count: Any, session: str, search: str = "",

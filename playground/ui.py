@@ -414,8 +414,8 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                         c["manual_note"] = gr.Markdown(elem_id="manual-note")
                         c["manual_text"] = gr.HTML(elem_id="manual-text")
                         with gr.Row():
-                            c["manual_token"] = gr.Number(None, label="token id to pick (click a row)", precision=0,
-                                                          elem_id="manual-token", scale=1)
+                            c["manual_token"] = gr.Textbox(label="token id to pick", placeholder="click a row", max_lines=1,
+                                                           elem_id="manual-token", scale=1)
                             c["manual_pick_btn"] = gr.Button("Pick this token", variant="primary", elem_id="manual-pick", scale=1)
                             c["manual_draw_btn"] = gr.Button("Let the sampler draw", elem_id="manual-draw", scale=1)
                             c["manual_rewind_n"] = gr.Number(1, label="steps to rewind", precision=0, minimum=1,

@@ -145,7 +145,8 @@ def manual(page) -> None:
     row = page.locator("#manual-table tr.removed").first
     token = row.get_attribute("data-token")
     row.click()
-    page.wait_for_function(f"document.querySelector('#manual-token input').value === {token!r}", timeout=60_000)
+    box = "document.querySelector('#manual-token textarea, #manual-token input')"
+    page.wait_for_function(f"{box}.value === {token!r}", timeout=60_000)
     page.click("#manual-pick")
     page.wait_for_function("document.querySelector('#manual-note').innerText.includes('Step 1 is waiting')", timeout=180_000)
     page.click("#manual-draw")

@@ -86,3 +86,12 @@ def test_a_refused_token_changes_nothing_and_says_why(lm, host):
     out = outputs(manual_events.pick(host, Stops(), run, word, "s"))
     assert out == {"manual_note": "⚠️ Refused: the grammar of response_format (json_object) does not allow 'Hello' here. "
                                   "Only what the grammar or the thinking budget forbids is refused."}
+
+
+def test_a_token_box_that_is_empty_or_not_a_number_is_named(lm, host):
+    run = outputs(manual_events.start(host, Stops(), settings(lm), "s", manual=True))["manual_run"]
+    assert outputs(manual_events.pick(host, Stops(), run, "", "s")) == {
+        "manual_note": "Click a row of the table (or type a token id) first, then press Pick."}
+    note = outputs(manual_events.pick(host, Stops(), run, "sea", "s"))["manual_note"]
+    assert note == "⚠️ **token**: a token id is a whole number in [0, 49151] (click a row to fill it in), got 'sea'"
+    assert "**Step 1** is waiting" in outputs(manual_events.pick(host, Stops(), run, "#42", "s"))["manual_note"]

@@ -49,7 +49,8 @@ def test_manual_mode_waits_at_each_step_for_a_pick_a_draw_or_a_rewind(server):
         removed = page.locator("#manual-table tr.removed").first
         picked = removed.get_attribute("data-token")
         removed.click()
-        page.wait_for_function(f"document.querySelector('#manual-token input').value === {picked!r}", timeout=30_000)
+        box = "document.querySelector('#manual-token textarea, #manual-token input')"
+        page.wait_for_function(f"{box}.value === {picked!r}", timeout=30_000)
         page.click("#manual-pick")
         wait_note(page, "Step 1 is waiting")
         assert "top-k had removed it, so the sampler could never have drawn it" in note(page)
