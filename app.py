@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             print(message, flush=True)
             page.say(message)
 
-        lm = load_model(args.model, args.device, args.dtype, progress=progress)
+        lm = load_model(args.model, args.device, args.dtype, progress=progress, own_thread=not on_zerogpu())
     print(f"model ready in {lm.load_seconds:.1f} s: {lm.name} on {lm.device} ({lm.source})", flush=True)
     host = ModelHost(lm, args.device, args.dtype, limits(args), gpu=gpu)
     if on_zerogpu():

@@ -151,11 +151,16 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     progress: Callable[[str], None] | None = None,
+    own_thread: bool = True,
 ) -> LoadedModel:
     """Load `name` (Hub id or folder); None or DEFAULT_MODEL means the embedded SmolLM2 when installed.
 
     The work runs in a thread of its own that ends with it: a long-lived caller (the server's main
-    thread, a UI worker) must not keep an OpenMP pool beside the decode loop's (engine/scheduler.py)."""
+    thread, a UI worker) must not keep an OpenMP pool beside the decode loop's (engine/scheduler.py).
+    own_thread False: on the calling thread, for ZeroGPU, whose torch patches (what lets the model go to
+    `cuda` with no GPU at hand) hold only on the thread that imported `spaces`."""
+    if not own_thread:
+        return _load(name, device, dtype, progress)
     result: list = []
 
     def load() -> None:

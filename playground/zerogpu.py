@@ -69,15 +69,6 @@ MARGIN = 1.5
 START_S = 5.0  # a first call moves the weights to the GPU; the prompt's prefill
 
 
-def on_zerogpu() -> bool:
-    """Whether this process runs on a ZeroGPU Space: what the `spaces` package reads (SPACES_ZERO_GPU)."""
-    try:
-        from spaces.config import Config
-    except ImportError:  # no `spaces` package: not a Space, or one without ZeroGPU
-        return False
-    return Config.zero_gpu
-
-
 def register(lm: LoadedModel) -> None:
     MODELS[lm.name] = lm
 
@@ -139,11 +130,9 @@ def decode(request: GpuRequest) -> Iterator[Update]:
     """The body of a GPU call: the request's Generation alone, one Update per step, and one at the end
     (a finish that came without a step, as a cancel's, is in it)."""
     gen = request.generation()
-    taken: set[int] = set()
 
     def update(steps: list[Step]) -> Update:
-        snaps = {p: s for p, s in gen.snapshots.items() if p not in taken}
-        taken.update(snaps)
+        snaps = dict(gen.snapshots)
         gen.snapshots.clear()  # what was sent lives in the main process now
         return Update(steps, list(gen.texts), list(gen.finish_reasons), snaps)
 
