@@ -1,10 +1,10 @@
 """Sampling one step N times (engine/manydraws.py, the "Sample N times" view): prints the median time of
 the draws alone (uniforms, tally, total variation, chi-square) over a real step's whole final
-distribution, and of the view's whole handler (the step's distribution computed from its captured
+distribution (and its raw one, where every token is possible), and of the view's whole handler (the step's distribution computed from its captured
 snapshot on the model's decode thread, the draws, the bars and the figure), for N = 10, 1,000 and
 100,000; then the "All engine orders" view on the same step. Asserts nothing about time.
 
-    .venv/bin/python bench/bench_manydraws.py [--rounds 7] [--busy]
+    .venv/bin/python bench/bench_manydraws.py [--rounds 7] [--busy] [--threads N]
 
 --busy keeps one core spinning in another process meanwhile (a browser, another request). The load
 average printed says how busy the machine was besides.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.knobs import KNOBS  # noqa: E402
 from engine.manydraws import chi_square, distributions, tally, total_variation, uniforms  # noqa: E402
 from engine.model import load_model  # noqa: E402
+from engine.threads import current_threads, default_threads, set_threads, usable_cores  # noqa: E402
 from playground import ui_events, ui_manydraws, ui_orders, ui_runs  # noqa: E402
 from playground.models import ModelHost  # noqa: E402
 from playground.ui_events import Inputs, Stops  # noqa: E402
@@ -59,7 +61,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--busy", action="store_true", help="one core kept busy by another process")
+    ap.add_argument("--threads", type=int, help="intra-op threads (default: the app's, engine/threads.py)")
     args = ap.parse_args()
+    set_threads(args.threads or default_threads(usable_cores())[0])
     lm = load_model()
     host = ModelHost(lm)
     values = {name: control_spec(KNOBS[name]).value for name in UI_KNOBS}
@@ -77,20 +81,23 @@ def main() -> None:
                                                       at.memory, at.constrained))
     print(f"{lm.name} ({str(lm.dtype).removeprefix('torch.')}), step {STEP}: {len(final):,} tokens, "
           f"{int((final > 0).sum()):,} with final probability > 0; {'one core kept busy' if args.busy else 'no core kept busy'} "
-          f"by this bench, load average {os.getloadavg()[0]:.1f}; median of {args.rounds}")
+          f"by this bench, load average {os.getloadavg()[0]:.1f}; {current_threads()} intra-op thread(s); "
+          f"median of {args.rounds}")
     with busy_core(args.busy):
         for log10_n in (1, 3, 5):
             n = ui_manydraws.draws_for(log10_n)
 
-            def draws_only(n=n):
-                counts = tally(final, uniforms(0, STEP, n))
-                total_variation(counts, final), chi_square(counts, final)
+            def draws_only(n=n, probs=final):
+                counts = tally(probs, uniforms(0, STEP, n))
+                total_variation(counts, probs), chi_square(counts, probs)
 
             def view(log10_n=log10_n):
                 for _ in ui_manydraws.sample_step(host, Stops(), ui, runs, 0, 1, STEP, log10_n, 0, "bench"):
                     pass
 
-            print(f"  N = {n:>7,}: draws and statistics {median_ms(draws_only, args.rounds):6.1f} ms; "
+            every = functools.partial(draws_only, probs=raw)  # every token possible: the longest CDF
+            print(f"  N = {n:>7,}: draws and statistics {median_ms(draws_only, args.rounds):6.1f} ms "
+                  f"({median_ms(every, args.rounds):6.1f} ms from the raw distribution, every token possible); "
                   f"the whole view {median_ms(view, args.rounds):6.1f} ms")
 
         def orders():
