@@ -6,9 +6,9 @@ pipeline and the draw. What holds the rows' model state and gives their logits i
 chosen once per model (`lm.new_rows()`): `LocalRows` below for a transformers model, `RemoteRows`
 (engine/remote.py) for an inference server. The batch never asks which one it holds.
 
-The local rows: ragged rows live in a stock transformers DynamicCache. Rows are right-aligned (left-padded), the way
-generate() pads a batch of prompts, with per-row position ids and a 2D padding mask, so every row writes
-the same cache column each step. A job joins by padding its prefilled cache (or the batch's) on the left
+The local rows: ragged rows live in a stock transformers DynamicCache. Rows are right-aligned (left-padded),
+the way generate() pads a batch of prompts, with per-row position ids and a 2D padding mask, so every row
+writes the same cache column each step. A job joins by padding its prefilled cache (or the batch's) on the left
 to the common width and concatenating along the batch; rows that finish are selected out, and columns
 no row uses any more are trimmed from the left. This is TGI's transformers fallback (`CausalLMBatch`
 with its concatenate and filter). Why not a static cache: a DynamicCache needs no capacity chosen in
