@@ -108,9 +108,9 @@ def table_html(steps: dict[str, dict], orders: dict[str, tuple[str, ...]], on: l
         tops = ", ".join(f"<code>{escape(token_label(texts, step['candidates'][j]))}</code> {final[j]:.3f}"
                          for j in top if final[j] > 0)
         chain = " → ".join(_label(s) for s in orders[name] if s in on) or "(no stage on)"
-        pick = f"<code>{escape(token_label(texts, step['token_id']))}</code>"
-        if step["token_id"] != majority:
-            pick = f"<b style='color:#ea580c'>{pick}</b>"
+        # The pick that differs from most orders' in the chosen-token orange of the charts.
+        style = " style='color:#ea580c;font-weight:700'" if step["token_id"] != majority else ""
+        pick = f"<code{style}>{escape(token_label(texts, step['token_id']))}</code>"
         rows.append(f"<tr><td><b>{escape(name)}</b></td><td>{escape(chain)}</td><td>{_kept(step):,}</td><td>{tops}</td>"
                     f"<td>{pick}</td></tr>")
     return ("<table class='alts orders'><thead><tr><th>engine</th><th>order of the stages that are on</th>"

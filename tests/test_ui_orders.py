@@ -62,7 +62,7 @@ def test_the_table_lists_each_order_and_marks_the_pick_that_differs():
     html = ui_orders.table_html(steps, PRESETS, ["temperature", "min_p"], TEXTS)
     assert html.count("<tr>") == 5  # a head and four engines
     assert "<td>min-p → temperature</td><td>10</td>" in html and "<td>temperature → min-p</td><td>30</td>" in html
-    assert "<b style='color:#ea580c'><code>lake</code></b>" in html and html.count("#ea580c") == 1
+    assert "<code style='color:#ea580c;font-weight:700'>lake</code>" in html and html.count("#ea580c") == 1
 
 
 # --- on the real model ---------------------------------------------------------------------------------
