@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ class KVStore:
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             return
-        entry = Entry(tuple((layer.keys, layer.values) for layer in layers), logits)
+        self._put(ids, Entry(tuple((layer.keys, layer.values) for layer in layers), logits))
+
+    def _put(self, ids: list[int], entry: Entry) -> None:
         if entry.nbytes > self.max_bytes:
             return
         key = tuple(ids)
@@ -90,3 +93,48 @@ class KVStore:
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+
+def step_together(lm, store: KVStore, prompts: list[list[int]]) -> int:
+    """The prompts that are a kept sequence plus one token go through the model in one forward pass, as
+    the rows of a decode step do (engine/batch.py: left-padded, per-row positions, ragged attention), and
+    are kept: their jobs' prefills then find them whole. So a client that steps n rows in one request
+    costs one forward pass of n rows a step, and gets the logits of local decoding's n-row batch, in
+    float32 too (a row computed alone rounds differently from a row among others there; see
+    engine/whatif.py). Returns how many rows went; fewer than two go their own way (a Prefill makes the
+    same one-row pass). Tensor work: call it on the decode loop's thread."""
+    from transformers.cache_utils import DynamicCache
+
+    from engine import attention
+    from engine.batch import cache_of, forward
+
+    rows, seen = [], set()
+    for ids in prompts:
+        if tuple(ids) in seen:
+            continue
+        seen.add(tuple(ids))
+        done, cache, logits = store.resume(ids)
+        if cache is not None and logits is None and done == len(ids) - 1:
+            rows.append((ids, cache))
+    if len(rows) < 2:
+        return 0
+    lengths = [len(ids) - 1 for ids, _ in rows]  # tokens in each row's cache
+    W = max(lengths)
+    padded = [  # per layer: every row's keys and values, left-padded to W and stacked: (B, H, W, D)
+        tuple(torch.cat([F.pad(getattr(c.layers[layer], part), (0, 0, W - n, 0)) for (_, c), n in zip(rows, lengths)])
+              for part in ("keys", "values"))
+        for layer in range(len(rows[0][1].layers))
+    ]
+    mask = torch.tensor([[k >= W - n for k in range(W + 1)] for n in lengths], device=lm.device)  # (B, W + 1)
+    ragged = attention.groups([n + 1 for n in lengths])
+    padding = {} if ragged is None else {"ragged_rows": ragged} if lm.ragged_attention else {"attention_mask": mask}
+    tokens = torch.tensor([[ids[-1]] for ids, _ in rows], device=lm.device)  # (B, 1)
+    positions = torch.tensor([[n] for n in lengths], device=lm.device)  # (B, 1)
+    with torch.inference_mode():
+        out = forward(lm.model, tokens, DynamicCache(ddp_cache_data=padded), position_ids=positions, **padding)
+    cache, logits = cache_of(out), out.logits[:, -1, :].float()  # (B, V)
+    for b, ((ids, _), n) in enumerate(zip(rows, lengths)):
+        own = tuple((layer.keys[b : b + 1, :, W - n :].clone(), layer.values[b : b + 1, :, W - n :].clone())
+                    for layer in cache.layers)  # its own columns, without the padding
+        store._put(ids, Entry(own, logits[b : b + 1].clone()))
+    return len(rows)

@@ -25,7 +25,9 @@ vocabulary as JSON is about 2 MB per token, as base64 a tenth of that.
 Each (prompt, completion) runs as its own one-row job of the shared decode loop, with the completion's
 index for its random numbers (the seed contract: completion i draws what it draws whatever n is). Jobs
 get the model's KVStore (engine/kvstore.py): a token prompt that continues a sequence this server has
-just served costs one decode step, with the logits local decoding gives. `stream: true` sends vLLM's
+just served costs one decode step, with the logits local decoding gives, and the prompts of one request
+that each continue a kept sequence by a token go through the model together, as the rows of a decode
+step do. `stream: true` sends vLLM's
 chunks (one per token per choice, logprobs included). Refused: echo, suffix, best_of other than n,
 prompt_logprobs.
 """
@@ -53,7 +55,7 @@ from engine.context import SamplerContext
 from engine.dry import uses_dry
 from engine.generator import Generation
 from engine.knobs import KNOBS, ParamError, SamplingParams
-from engine.kvstore import KVStore
+from engine.kvstore import KVStore, step_together
 from engine.model import LoadedModel
 from engine.sampler import learn, run_pipeline
 from engine.scheduler import END
@@ -357,15 +359,17 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
         if len(p.prompts) * p.n > host.limits.max_rows:
             raise ParamError("n", f"prompts x n = {len(p.prompts)} x {p.n} is more than this server decodes at once "
                              f"({host.limits.max_rows} rows); send fewer prompts or a lower n")
-        capture = p.top is not None
+        capture, kv = p.top is not None, store(lm)
         jobs = []
         for ids in p.prompts:
             for i in range(p.n):
                 gen = Generation(lm, ids, p.params, first_index=i, capture=capture)
-                gen.kv_store = store(lm)
+                gen.kv_store = kv
                 jobs.append(gen)
         reporters = [Reporter(gen, settings.logprobs_mode, p.top, p.binary) if capture else None for gen in jobs]
         scheduler = host.scheduler(lm.name)
+        if kv is not None and len(p.prompts) > 1:  # rows a client steps together: one forward pass for all
+            await run_in_threadpool(scheduler.call, lambda: step_together(lm, kv, p.prompts))
         client = client_of(settings, request.headers, request.client.host if request.client else None)
         try:
             feeds = [ReportedSteps(scheduler, gen, client, r) for gen, r in zip(jobs, reporters)]

@@ -164,3 +164,23 @@ def test_a_sequence_larger_than_the_whole_store_is_not_kept():
     store.keep([1, 1, 1], cache_of(3), torch.zeros(1, 4))
     assert len(store) == 0 and store.nbytes == 0
 
+
+
+@pytest.mark.model
+def test_rows_stepped_together_get_the_logits_of_local_decodings_batch_in_one_forward_a_step(lm, forwards):
+    # Local decoding of n = 3 runs 3-row forward passes; float32 rounds a row among 3 unlike a row alone,
+    # so only a 3-row pass on the server gives completion 0 the same bits there.
+    gen = Generation(lm, lm.encode_chat(MESSAGES), SamplingParams.build(n=3, max_tokens=4, seed=6), capture=True)
+    for _ in gen:
+        pass
+    rows = [[s.token_id for s in c] for c in gen.completions]
+    assert all(len(r) == 4 for r in rows)
+    del forwards[:]
+    with serving(lm) as client:
+        for k in range(4):
+            r = client.post("/v1/completions", json={"prompt": [gen.prompt_ids + row[:k] for row in rows], "max_tokens": 1,
+                                                     "logprobs": -1, "logprobs_format": "base64_float32"})
+            entry = r.json()["choices"][0]["logprobs"]["top_logprobs_base64"][0]
+            got = torch.from_numpy(decode_base64_entry(entry, lm.vocab_size)[1].copy())
+            assert torch.equal(got, gen.snapshots[k].logits), f"step {k}"
+    assert forwards == [len(gen.prompt_ids)] + [1] * 3  # one pass of 3 rows a step (each of 1 token)
