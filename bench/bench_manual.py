@@ -70,6 +70,7 @@ def main() -> None:
         token = int(wait.vocabulary.rank.argmax())  # the least likely token: every stage removed it
         pick_ms, _ = ms(lambda: manual_runs.take(lm, scheduler, manual, wait, token), args.rounds)
         print(f"{p:>15} {cold_ms:>14.0f} ms {warm_ms:>6.0f} ms {pick_ms:>4.0f} ms")
+    print(f"a waiting step holds {wait.nbytes / 2**20:.2f} MiB (its logits and its vocabulary table)")
     print(f"{'table page':>28} {'ms':>6} {'HTML bytes':>11}")
     for label, query in [("rank, page 1", {}), ("final p, page 5", {"sort": "final p", "page": 5}),
                          ("search 'the'", {"search": "the"}), ("search 'the', by id", {"search": "the", "sort": "id"})]:

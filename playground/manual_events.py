@@ -229,7 +229,7 @@ def _wait_and_show(host: ModelHost, stops: Stops, lm: LoadedModel, run: Run, ses
         return
     texts = {**run["texts"], **wait.texts}
     yield {
-        "manual_note": (said + " " if said else "") + _waiting_sentence(wait, texts, run) + " " + NEEDS,
+        "manual_note": (said + " " if said else "") + _waiting_sentence(wait, texts) + " " + NEEDS,
         "manual_text": text,
         "manual_table": table_html(table, wait, len(wait.vocabulary), search),
         "manual_page": table.page,
@@ -256,7 +256,7 @@ def _q(text: str) -> str:
     return "'" + visible(text) + "'"
 
 
-def _waiting_sentence(wait: Waiting, texts: dict[int, str], run: Run) -> str:
+def _waiting_sentence(wait: Waiting, texts: dict[int, str]) -> str:
     d = wait.drawn
     word = _q(texts.get(d["token_id"], d["shown"]))
     if d["draw"] is None:

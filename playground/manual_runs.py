@@ -347,7 +347,7 @@ def table(v: Vocabulary, texts: list[str], search: str = "", sort: str = "rank",
         ids = np.arange(len(v))
     rank = v.rank[ids]
     keys = {"rank": (rank,), "raw p": (rank,), "id": (ids,), "final p": (rank, -v.final_p[ids]),
-            "removed by": (rank, np.where(v.removed_by[ids] < 0, -1, v.removed_by[ids]))}[sort]
+            "removed by": (rank, v.removed_by[ids])}[sort]  # -1 (kept) first, then in pipeline order
     order = ids[np.lexsort(keys)] if len(ids) else ids
     if reverse:
         order = order[::-1]
