@@ -350,8 +350,6 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
         with lock:
             return names.setdefault(lm.name, Names(lm))
 
-    app.state.kv_stores = stores  # for tests and the bench: reuse counts and sizes
-
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         lm = lookup(host, body.model)
