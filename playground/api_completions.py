@@ -9,27 +9,26 @@ The wire format is vLLM's (vllm/entrypoints/openai/protocol.py): `prompt` is a t
 or a list of either (several prompts give several choices, prompt-major: choice index = prompt x n + i);
 every sampling knob of the chat endpoint is a top-level field, checked by the same engine code
 (engine/knobs.py). `logprobs: K` returns per token the chosen token's value and the K highest values of
-the position as {token: value}, highest first, and the chosen token's when it is not among them
-(vLLM's completions shape: tokens, token_logprobs, top_logprobs, text_offset); the whole vocabulary
-comes in token-id order. K is capped by the server's --max-logprobs (default 20); with --max-logprobs -1 there is
+the position as {token: value}, highest first, plus the chosen token's when it is not among them (vLLM's
+completions shape: tokens, token_logprobs, top_logprobs, text_offset); the whole vocabulary comes in
+token-id order. K is capped by the server's --max-logprobs (default 20); with --max-logprobs -1 there is
 no cap and `logprobs: -1` returns the whole vocabulary. Which values: the server's --logprobs-mode, as in
 vLLM, never the request: raw_logprobs (default) and raw_logits are the model's own, before logit_bias,
 penalties, temperature and truncation; processed_logprobs and processed_logits are those of the final
 distribution, the one the token was drawn from (-inf for tokens a truncation removed: -9999.0 in JSON).
 
-Extensions: `logprobs_format: "base64_float32"` replaces top_logprobs with `top_logprobs_base64`, one
+Extension: `logprobs_format: "base64_float32"` replaces top_logprobs with `top_logprobs_base64`, one
 {"ids", "values"} per token: the K values as little-endian float32 in token-id order, base64, and their
-ids as little-endian int32 (null when K is the whole vocabulary: then value i is token i's). The whole
-vocabulary as JSON is about 2 MB per token, as base64 a tenth of that.
+ids as little-endian int32 (null when K is the whole vocabulary: then value i is token i's). SmolLM2's
+whole vocabulary is 0.8 to 1.3 MB of JSON per token, 263 KB as base64.
 
 Each (prompt, completion) runs as its own one-row job of the shared decode loop, with the completion's
 index for its random numbers (the seed contract: completion i draws what it draws whatever n is). Jobs
 get the model's KVStore (engine/kvstore.py): a token prompt that continues a sequence this server has
 just served costs one decode step, with the logits local decoding gives, and the prompts of one request
 that each continue a kept sequence by a token go through the model together, as the rows of a decode
-step do. `stream: true` sends vLLM's
-chunks (one per token per choice, logprobs included). Refused: echo, suffix, best_of other than n,
-prompt_logprobs.
+step do. `stream: true` sends vLLM's chunks (one per token per choice, logprobs included). Refused:
+echo, suffix, best_of other than n, prompt_logprobs.
 """
 
 from __future__ import annotations
