@@ -27,7 +27,7 @@ request and draw on the Space's own quota (playground/api.py turns /v1 off here 
 
 Outside ZeroGPU the real decorator does nothing, so tests and benchmarks force the mode (`app.py
 --zerogpu`) with `pickled`: it does to the data what ZeroGPU does (request, function and every yield go
-through pickle) and runs the call on a thread of its own, as the worker does.
+through pickle) and runs the call on a thread of its own, as the worker does, one call at a time.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def pickled(task: Callable[..., Iterator[Any]], duration: Callable[..., float]) 
 
 class GpuScheduler:
     """The model's Scheduler on ZeroGPU: each submitted Generation decodes in one GPU call of its own
-    (ZeroGPU queues the calls and gives each its GPU); each call(fn) is one GPU call too."""
+    (ZeroGPU queues the calls and gives each its GPU); a call(fn) that needs the weights is one too."""
 
     def __init__(self, lm: LoadedModel, limits: Limits = Limits(), gpu: Decorator = spaces_gpu):
         self.lm, self.limits = lm, limits
@@ -281,6 +281,7 @@ class GpuScheduler:
         self._call = gpu(run_call, call_duration)
         self.stats = {"most_jobs_in_a_step": 1}
         self.calls = 0  # GPU calls made, for tests and the benchmark
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
@@ -302,7 +303,7 @@ class GpuScheduler:
         ticket.admitted.set()
         try:
             if not gen.stopping():
-                self.calls += 1
+                self._count()
                 updates = self._decode(GpuRequest.of(gen))
                 try:
                     for update in updates:
@@ -329,9 +330,13 @@ class GpuScheduler:
             return loads_call(sent, lambda name: _cpu_view(MODELS[name]))()
         except NeedsGpu:
             pass
-        self.calls += 1
+        self._count()
         [result] = self._call(sent)
         return result
+
+    def _count(self) -> None:
+        with self._lock:  # calls start on many threads
+            self.calls += 1
 
     def close(self) -> None:
         pass
