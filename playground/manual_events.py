@@ -297,6 +297,11 @@ def _text_html(run: Run) -> str:
     return head + tokenview.token_view_html(steps, run["texts"], legend=False)
 
 
+def _p(p: float) -> str:
+    """A probability that stays readable when tiny: a token ranked 800th is not 0.0000, only one removed is 0."""
+    return "0" if p == 0 else f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
 def table_html(table: manual_runs.Table, wait: Waiting, vocab_size: int, search: str = "") -> str:
     """One page of the vocabulary table: a row per token, clickable (ROW_JS), the sampler's draw highlighted,
     tokens a stage removed grey, tokens the grammar forbids struck through."""
@@ -316,7 +321,7 @@ def table_html(table: manual_runs.Table, wait: Waiting, vocab_size: int, search:
         if r["id"] == wait.drawn["token_id"]:
             classes.append("drawn")
         rows.append(f"<tr data-token='{r['id']}' class='{' '.join(classes)}'><td>{r['rank']}</td><td>{r['id']}</td>"
-                    f"<td>{escape(_q(r['text']))}</td><td>{r['raw_p']:.4f}</td><td>{r['final_p']:.4f}</td>"
+                    f"<td>{escape(_q(r['text']))}</td><td>{_p(r['raw_p'])}</td><td>{_p(r['final_p'])}</td>"
                     f"<td>{escape(r['removed_by'])}</td></tr>")
     head = ("<tr><th>rank</th><th>id</th><th>token</th><th>raw p</th><th>final p</th><th>removed by</th></tr>")
     return (count + "<div class='vocab-wrap'><table class='vocab'><thead>" + head + "</thead><tbody>" + "".join(rows)
