@@ -1,8 +1,8 @@
 """Take the README's screenshots from the real running app: python scripts/screenshots.py
 
 Starts the app on a free loopback port, drives Debian's chromium through a typical session (settings,
-generate, inspect a step, compare, a live what-if, a sweep, many futures, the logit lens) and writes
-PNGs into assets/.
+generate, inspect a step, compare, a live what-if, a sweep, many futures, the logit lens, manual mode)
+and writes PNGs into assets/.
 """
 
 from __future__ import annotations
