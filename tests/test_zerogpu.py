@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import app as app_module
-from playground import ui_events, zerogpu
+from engine.knobs import SamplingParams
+from playground import ui_events, ui_runs, zerogpu
 from playground.models import ModelHost
 from playground.ui_events import Stops
 from tests.test_ui_events import last, settings
@@ -112,6 +113,17 @@ def test_a_sweep_makes_a_point_per_value(lm, host, runs):
     points = out["sweep_state"]["points"]
     assert [p["settings"] for p in points] == [{"temperature": v} for v in (0.0, 0.5, 1.0)]
     assert len(set(points[0]["texts"])) == 1  # temperature 0 is greedy
+
+
+def test_a_grammar_crosses_into_the_call_and_a_required_tool_call_comes_back(lm, host):
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+    gen, run = ui_runs.start(lm, [{"role": "user", "content": "Add 2 and 3."}],
+                             SamplingParams.build(temperature=0, max_tokens=40), "T", {"tools": [add], "tool_choice": "required"})
+    run = last(ui_runs.advance(lm, ui_runs.submit(host.scheduler(), gen), run))
+    message = run["completions"][0]["message"]
+    assert run["stages"][1] == "constraint"
+    assert message["finish_reason"] == "tool_calls" and message["tool_calls"][0]["function"]["name"] == "add"
 
 
 def test_stop_ends_a_gpu_call_in_flight(lm, host):
