@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from engine.generator import Generation
 from engine.knobs import SamplingParams
@@ -23,8 +24,9 @@ HELLO = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 @pytest.fixture(scope="module")
 def provider():
-    """A playground that serves its model's whole vocabulary as raw logits."""
-    with start_server(*EXACT) as s:
+    """A playground that serves its model's whole vocabulary as raw logits, computing with as many threads as
+    this process (float32 matrix products round by the thread count: the README's seed contract)."""
+    with start_server(*EXACT, "--threads", str(torch.get_num_threads())) as s:
         yield s
 
 
@@ -45,9 +47,13 @@ def test_remote_mode_draws_the_tokens_and_records_the_stages_of_local_mode(lm, p
                                   presence_penalty=0.5, frequency_penalty=0.3)
     here, there = run(lm, prompt, params), run(remote, prompt, params)
     assert outcome(there) == outcome(here)
+    # Bit for bit, except float32 with several rows: its matrix products round by the rows in a pass (the
+    # README's seed contract), and the server passes identical rows once, so where rows drew the same token
+    # its pass is smaller than the local batch's (measured: probabilities ~1e-6 apart, the same tokens).
+    same = np.array_equal if n == 1 or lm.dtype != torch.float32 else (lambda x, y: np.allclose(x, y, atol=1e-5))
     for a, b in zip(here.completions, there.completions):
         for s, t in zip(a, b):
-            assert np.array_equal(s.cand_ids, t.cand_ids) and np.array_equal(s.stage_probs, t.stage_probs)
+            assert np.array_equal(s.cand_ids, t.cand_ids) and same(s.stage_probs, t.stage_probs)
             assert np.array_equal(s.stage_kept, t.stage_kept) and s.draw == t.draw and t.approximate == ()
 
 
