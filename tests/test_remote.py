@@ -5,7 +5,6 @@ httpx.MockTransport) in front of the fake model, which must draw what the same m
 from __future__ import annotations
 
 import json
-import math
 
 import httpx
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from engine.generator import Generation
 from engine.knob import ParamError
 from engine.knobs import SamplingParams
-from engine.remote import RemoteError, approximate_stages, connect, dense_logits, redraw_known
+from engine.remote import RemoteError, RemoteModel, approximate_stages, connect, dense_logits, redraw_known
 from engine.scheduler import Scheduler
 from tests.fakes import FakeTokenizer, chatty, fake_lm, outcome
 
@@ -58,7 +57,7 @@ def fake_server(next_logits, cap: int = -1, values: str = "raw_logits", key: str
     return httpx.MockTransport(handle)
 
 
-def remote(next_logits, **server) -> "RemoteModel":  # noqa: F821
+def remote(next_logits, **server) -> RemoteModel:
     return connect("http://fake", "fake", tokenizer_object=FakeTokenizer(PIECES), transport=fake_server(next_logits, **server))
 
 
