@@ -308,7 +308,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                         c["sentences"] = gr.Markdown(elem_id="sentences")
                         c["alternatives"] = gr.HTML(elem_id="alternatives")
                 c["draw"] = gr.Plot(elem_id="draw", show_label=False)
-                with gr.Tabs() as c["tabs"]:
+                with gr.Tabs():
                     with gr.Tab("What if", elem_id="tab-whatif"):
                         with gr.Row():
                             c["live"] = gr.Checkbox(True, label="Live what-if", scale=1, elem_id="live",
@@ -377,6 +377,36 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                             replay_btn = gr.Button("Replay this step", scale=1, elem_id="replay")
                         c["replay_note"] = gr.Markdown(elem_id="replay-note")
                         c["replay_plot"] = gr.Plot(elem_id="replay-plot", show_label=False)
+                    with gr.Tab("View code"):
+                        gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
+                                    "(only knobs that differ from the API defaults are sent).")
+                        c["curl"] = gr.Code(language="shell", label="curl", elem_id="curl")
+                        c["python"] = gr.Code(language="python", label="openai Python client", elem_id="python")
+                    with gr.Tab("Prompt"):
+                        gr.Markdown("The last prompt as the model saw it, after its chat template.")
+                        c["prompt"] = gr.Code(language=None, label="templated prompt", elem_id="prompt")
+                # Teaching views, apart: one row of tabs holds them all without an overflow menu.
+                gr.Markdown("### Teaching", elem_id="teaching-title")
+                with gr.Tabs(elem_id="teaching") as c["tabs"]:  # manual mode opens its tab
+                    with gr.Tab("Sample N times", elem_id="tab-draws"):
+                        gr.Markdown("Draw the selected step N times from its exact final distribution (under the current "
+                                    "settings), with seeded random numbers, and watch the counts approach the probabilities.")
+                        with gr.Row():
+                            c["draws_n"] = gr.Slider(1, 5, value=3, step=0.1, label="log₁₀ N: 1 is 10 draws, 5 is 100,000",
+                                                     elem_id="draws-n", scale=3)
+                            c["draws_seed"] = gr.Number(0, precision=0, label="seed of these draws", elem_id="draws-seed",
+                                                        scale=1)
+                            draws_btn = gr.Button("Sample this step N times", scale=1, elem_id="draws")
+                        c["draws_note"] = gr.Markdown(elem_id="draws-note")
+                        c["draws_plot"] = gr.Plot(elem_id="draws-plot", show_label=False)
+                    with gr.Tab("All engine orders", elem_id="tab-orders"):
+                        gr.Markdown("The selected step under each engine's sampler order (Hugging Face, vLLM, llama.cpp, "
+                                    "text-generation-webui), with the current settings and the run's own random number. "
+                                    "Needs the model (the step's exact logits).")
+                        orders_btn = gr.Button("Compare the four engine orders", elem_id="orders")
+                        c["orders_note"] = gr.Markdown(elem_id="orders-note")
+                        c["orders_table"] = gr.HTML(elem_id="orders-table")
+                        c["orders_plot"] = gr.Plot(elem_id="orders-plot", show_label=False)
                     with gr.Tab("Many futures", elem_id="tab-futures"):
                         gr.Markdown("Draw N continuations of k tokens from the selected step (or the start) under the "
                                     "run's own settings, all at once in the shared batch, and see them as a tree: each "
@@ -398,15 +428,6 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                         c["futures_texts"] = gr.HTML(elem_id="futures-texts")
                         c["futures_json"] = gr.File(label="The tree as JSON", elem_id="futures-json", interactive=False)
                         c["futures_state"] = gr.State(None)
-                    with gr.Tab("Logit lens", elem_id="tab-lens"):
-                        gr.Markdown("What the model would predict if it stopped after each layer: the selected step's "
-                                    "prefix goes through the model once, and every layer's hidden state is read through "
-                                    "the model's final norm and output head. Needs the model, a local Llama-, Mistral- "
-                                    "or Qwen-shaped one.")
-                        c["lens_btn"] = gr.Button("Look through the layers at this step", elem_id="lens")
-                        c["lens_note"] = gr.Markdown(elem_id="lens-note")
-                        c["lens_heatmap"] = gr.Plot(elem_id="lens-heatmap", show_label=False)
-                        c["lens_rank"] = gr.Plot(elem_id="lens-rank", show_label=False)
                     with gr.Tab("Manual", id="manual", elem_id="tab-manual"):
                         gr.Markdown("Turn on **Manual mode** beside Generate, then Generate: the model computes the next "
                                     "step and stops. Choose its token from the whole vocabulary (searched, sorted and paged "
@@ -439,33 +460,15 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                 c["manual_sentences"] = gr.Markdown(elem_id="manual-sentences")
                                 c["manual_draw"] = gr.Plot(elem_id="manual-draw-plot", show_label=False)
                         c["manual_run"] = gr.State(None)
-                    with gr.Tab("Sample N times", elem_id="tab-draws"):
-                        gr.Markdown("Draw the selected step N times from its exact final distribution (under the current "
-                                    "settings), with seeded random numbers, and watch the counts approach the probabilities.")
-                        with gr.Row():
-                            c["draws_n"] = gr.Slider(1, 5, value=3, step=0.1, label="log₁₀ N: 1 is 10 draws, 5 is 100,000",
-                                                     elem_id="draws-n", scale=3)
-                            c["draws_seed"] = gr.Number(0, precision=0, label="seed of these draws", elem_id="draws-seed",
-                                                        scale=1)
-                            draws_btn = gr.Button("Sample this step N times", scale=1, elem_id="draws")
-                        c["draws_note"] = gr.Markdown(elem_id="draws-note")
-                        c["draws_plot"] = gr.Plot(elem_id="draws-plot", show_label=False)
-                    with gr.Tab("All engine orders", elem_id="tab-orders"):
-                        gr.Markdown("The selected step under each engine's sampler order (Hugging Face, vLLM, llama.cpp, "
-                                    "text-generation-webui), with the current settings and the run's own random number. "
-                                    "Needs the model (the step's exact logits).")
-                        orders_btn = gr.Button("Compare the four engine orders", elem_id="orders")
-                        c["orders_note"] = gr.Markdown(elem_id="orders-note")
-                        c["orders_table"] = gr.HTML(elem_id="orders-table")
-                        c["orders_plot"] = gr.Plot(elem_id="orders-plot", show_label=False)
-                    with gr.Tab("View code"):
-                        gr.Markdown("The current settings as a request to this server's OpenAI-compatible API "
-                                    "(only knobs that differ from the API defaults are sent).")
-                        c["curl"] = gr.Code(language="shell", label="curl", elem_id="curl")
-                        c["python"] = gr.Code(language="python", label="openai Python client", elem_id="python")
-                    with gr.Tab("Prompt"):
-                        gr.Markdown("The last prompt as the model saw it, after its chat template.")
-                        c["prompt"] = gr.Code(language=None, label="templated prompt", elem_id="prompt")
+                    with gr.Tab("Logit lens", elem_id="tab-lens"):
+                        gr.Markdown("What the model would predict if it stopped after each layer: the selected step's "
+                                    "prefix goes through the model once, and every layer's hidden state is read through "
+                                    "the model's final norm and output head. Needs the model, a local Llama-, Mistral- "
+                                    "or Qwen-shaped one.")
+                        c["lens_btn"] = gr.Button("Look through the layers at this step", elem_id="lens")
+                        c["lens_note"] = gr.Markdown(elem_id="lens-note")
+                        c["lens_heatmap"] = gr.Plot(elem_id="lens-heatmap", show_label=False)
+                        c["lens_rank"] = gr.Plot(elem_id="lens-rank", show_label=False)
 
         _wire(demo, host, stops, c, buttons=dict(
             load=load_btn, load_box=load_box, reset=reset_btn, share=share_btn, save=save_btn, load_file=load_btn_file,

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.serving import start_server  # noqa: E402
-from tests.browser import ARGS, CHROMIUM  # noqa: E402
+from tests.browser import ARGS, CHROMIUM, open_tab  # noqa: E402
 
 ASSETS = ROOT / "assets"
 SETTINGS = {"temperature": "0.8", "top_k": "40", "top_p": "0.9", "min_p": "0.05", "max_tokens": "40", "seed": "4"}
@@ -27,15 +27,6 @@ def set_knob(page, name: str, value: str) -> None:
     box.fill(value)
     box.press("Enter") if box.get_attribute("type") == "number" else box.blur()
 
-
-def open_tab(page, name: str) -> None:
-    """Click a tab, from Gradio's "More tabs" menu when the tab bar has no room for it."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.click("button[aria-label='More tabs']")
-    page.locator(".overflow-dropdown button", has_text=name).click()
 
 
 def draws_and_orders(page) -> None:

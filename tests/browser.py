@@ -37,3 +37,8 @@ def fill(page, elem_id: str, text: str) -> None:
     box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=text]").first
     box.fill(text)
     box.blur()
+
+
+def open_tab(page, name: str) -> None:
+    """Click the tab with this name (the tab rows are short enough that none hides in "More tabs")."""
+    page.get_by_role("tab", name=name, exact=True).click()

@@ -138,3 +138,10 @@ def test_a_required_tool_call_is_shown_with_the_constraint_stage(page):
 def test_load_model_without_a_name_says_what_to_type(page):
     page.click("text=Load model")
     page.wait_for_selector("#model-info :text('Type a Hugging Face model id')", timeout=30_000)
+
+
+def test_every_tab_shows_in_its_row_without_a_more_tabs_menu(page):
+    for name in ["What if", "Sweep", "Replay", "Prompt", "Sample N times", "All engine orders", "Many futures",
+                 "Manual", "Logit lens"]:
+        assert page.get_by_role("tab", name=name, exact=True).is_visible(), name
+    assert not page.locator("button[aria-label='More tabs']").first.is_visible()

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.browser import ARTIFACTS, GENERATION_TIMEOUT_MS, fill, open_page
+from tests.browser import ARTIFACTS, GENERATION_TIMEOUT_MS, fill, open_page, open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -25,15 +25,6 @@ def page(server):
         page.wait_for_selector("#sentences :text('Step 2')", timeout=30_000)
         yield page
 
-
-def open_tab(page, name: str) -> None:
-    """Click a tab, from Gradio's "More tabs" menu when the tab bar has no room for it."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.click("button[aria-label='More tabs']")
-    page.locator(".overflow-dropdown button", has_text=name).click()
 
 
 def set_number(page, elem_id: str, value: str) -> None:
