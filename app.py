@@ -1,6 +1,6 @@
 """Sampling Playground: the Gradio UI and the OpenAI-compatible HTTP API on one server.
 
-    python app.py [--model ID_OR_FOLDER] [--remote URL --remote-model NAME [--remote-tokenizer ID_OR_FOLDER]] [--host 127.0.0.1] [--port 7860] [--api-key KEY] [--threads N]
+    python app.py [--model ID_OR_FOLDER] [--remote URL --remote-model NAME [--remote-tokenizer ID_OR_FOLDER]] [--host 127.0.0.1] [--port 7860] [--api-key KEY] [--allow-connect] [--threads N]
                   [--max-logprobs 20] [--logprobs-mode raw_logprobs] [--kv-store-mb 256]
 """
 
@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--remote-model", default=None, metavar="NAME", help="the model's name on that server (see its /v1/models)")
     p.add_argument("--remote-tokenizer", default=None, metavar="ID_OR_FOLDER",
                    help="a local tokenizer for the remote model's vocabulary (default: --remote-model as a Hub id or folder)")
+    p.add_argument("--allow-connect", action="store_true",
+                   help="let visitors connect a server from the page on a public server (a Space, --open-api, a host "
+                        "beyond loopback), where it is off: each visitor could make this server fetch any address")
     p.add_argument("--zerogpu", action="store_true",
                    help="ZeroGPU mode without ZeroGPU: each action's call runs on a thread of its own and everything it "
                         "takes and yields passes through pickle (tests and benchmarks; on a ZeroGPU Space the mode is automatic)")
@@ -115,11 +118,12 @@ def build_app(host, args: argparse.Namespace):
     import gradio as gr
 
     from playground.api import ZEROGPU_OFF, ApiSettings, create_api
-    from playground import ui_stream
+    from playground import ui_remote, ui_stream
     from playground.ui import build_ui, launch_kwargs
 
     if getattr(args, "remote", None):
         host.add(connect_remote(args))
+    host.connect_off = ui_remote.why_off(args.host, args.open_api, bool(os.environ.get("SPACE_ID")), args.allow_connect)
     settings = ApiSettings(api_key=args.api_key, open_to_remote=args.open_api or bool(os.environ.get("SPACE_ID")),
                            max_logprobs=args.max_logprobs, logprobs_mode=args.logprobs_mode,
                            kv_store_bytes=args.kv_store_mb * 2**20,

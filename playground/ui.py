@@ -19,9 +19,9 @@ from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
 from playground import tokenview, ui_events, ui_manydraws, ui_orders
 from playground import futures, ui_futures, ui_lens
-from playground import manual_events, manual_runs
+from playground import manual_events, manual_runs, ui_remote
 from engine.scheduler import Limits
-from playground.models import ModelHost
+from playground.models import ModelHost, as_session
 from playground.sweeps import MAX_SAMPLES, MAX_VALUES, METRICS, SWEEPABLE
 from playground.ui_events import SETTINGS, Inputs, Stops, effort_state, model_info
 from playground.ui_settings import GROUP_TITLES, GROUPS, ORDER_PRESETS, TOOL_CHOICES, UI_KNOBS, control_spec
@@ -143,14 +143,25 @@ def _handler(fn: Callable, names: list[str], outputs: dict[str, Component]) -> C
         # Gradio reads an empty dict as one value, not "no updates": skip every output instead.
         return {outputs[k]: v for k, v in out.items() if k in outputs} or {c: gr.skip() for c in outputs.values()}
 
+    # Each call runs as its browser session: the models it may see (playground/models.py). A context variable
+    # does not follow a generator from one step to the next, so each of its steps sets it again.
+    def session(request: gr.Request):
+        return as_session(request.session_hash if request is not None else None)
+
     base = fn.func if isinstance(fn, functools.partial) else fn
     if inspect.isgeneratorfunction(base):
         def handler(request: gr.Request, *args):
-            for out in fn(**values(request, args)):
+            outs = fn(**values(request, args))
+            while True:
+                with session(request):
+                    out = next(outs, None)
+                if out is None:
+                    return
                 yield named(out)
     else:
         def handler(request: gr.Request, *args):
-            return named(fn(**values(request, args)))
+            with session(request):
+                return named(fn(**values(request, args)))
     return handler
 
 
@@ -239,6 +250,7 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                   interactive=host.load_off is None, scale=3)
             load_btn = gr.Button("Load model", scale=1, interactive=host.load_off is None)
         c["model_info"] = gr.Markdown(model_info(host.get()), elem_id="model-info")
+        c.update(ui_remote.panel(host))  # "Connect a server", beside Load model
 
         with gr.Row():
             # ---- settings: one control per knob, grouped as in engine/knobs.py ----
@@ -610,5 +622,10 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     outputs = [c["model"], c["model_info"]]
     b["load"].click(functools.partial(_load_model, host=host, outputs=outputs), b["load_box"], outputs,
                     concurrency_limit=1, concurrency_id="load")
+    _on(c["remote_list"].click, functools.partial(ui_remote.list_models, host=host),
+        {"url": c["remote_url"], "key": c["remote_key"]}, pick("remote_models", "remote_note"))
+    _on(c["remote_connect"].click, functools.partial(ui_remote.connect_server, host=host),
+        {"url": c["remote_url"], "key": c["remote_key"], "model": c["remote_models"]},
+        pick("model", "model_info", "remote_key", "remote_note"))
     _on(c["model"].change, functools.partial(ui_events.pick_model, host=host), {"name": c["model"]},
         pick("model_info", "reasoning_effort"))

@@ -24,7 +24,7 @@ from engine.reasoning import supports_thinking
 from engine.scheduler import Refused
 from engine.stages import PRESETS
 from playground import figures, runfile, share, snippets, sweeps, tokenview, ui_records, ui_runs, ui_stream
-from playground.models import ModelHost
+from playground.models import ModelHost, ModelMissing
 from playground.ui_settings import (
     GROUPS,
     ORDER_PRESETS,
@@ -255,8 +255,8 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
     except ParamError as e:
         yield {"run_error": describe_error(e)}
         return
-    except KeyError:
-        yield {"run_error": f"⚠️ model {ui.model!r} is not loaded"}
+    except KeyError as e:  # ModelMissing says why (another session's, or let go)
+        yield {"run_error": f"⚠️ {e}" if isinstance(e, ModelMissing) else f"⚠️ model {ui.model!r} is not loaded"}
         return
     with stops.run(session) as stop:
         try:
