@@ -181,7 +181,7 @@ class Server:
     """An OpenAI/vLLM-compatible server: /v1/models, /v1/completions with token prompts, /tokenize."""
 
     url: str
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)  # a visitor's key: in no repr, no log, no message
     timeout: float = 60.0
     transport: Any = None  # an httpx transport (tests: httpx.MockTransport); None: the network
     binary: bool = False  # ask for the base64 float32 extension (connect finds whether the server has it)

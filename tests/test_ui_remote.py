@@ -58,7 +58,7 @@ def test_the_key_is_sent_as_typed_and_the_key_box_is_emptied_after_connecting():
     out = ui_remote.connect_server(h, URL, "s3cret", "fake", "alice", transport=fake_server(chatty(V), key="s3cret"),
                                    tokenizer_object=FakeTokenizer(PIECES))
     assert out["model"]["value"] == NAME and out["remote_key"] == ""
-    assert "s3cret" not in repr(out)
+    assert "s3cret" not in repr(out) and "s3cret" not in repr(h.get(NAME, "alice"))
 
 
 def test_an_empty_key_never_sends_this_servers_own_key(monkeypatch):
