@@ -620,8 +620,9 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     # ---- models ----
     # Its own queue slot: a Hub load can take minutes (or retry for a while offline) without holding up generation.
     outputs = [c["model"], c["model_info"]]
-    b["load"].click(functools.partial(_load_model, host=host, outputs=outputs), b["load_box"], outputs,
-                    concurrency_limit=1, concurrency_id="load")
+    loading = b["load"].click(functools.partial(_load_model, host=host, outputs=outputs), b["load_box"], outputs,
+                              concurrency_limit=1, concurrency_id="load")
+    _then(loading, functools.partial(ui_remote.model_choices, host=host), {}, pick("model"), **quiet)  # + this session's
     _on(c["remote_list"].click, functools.partial(ui_remote.list_models, host=host),
         {"url": c["remote_url"], "key": c["remote_key"]}, pick("remote_models", "remote_note"))
     _on(c["remote_connect"].click, functools.partial(ui_remote.connect_server, host=host),

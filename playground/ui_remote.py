@@ -102,6 +102,12 @@ def connect_server(host: ModelHost, url: str, key: str, model: str | None, sessi
             "remote_note": f"Connected: **{lm.name}**, for this browser session only; {exact}."}
 
 
+def model_choices(host: ModelHost) -> Out:
+    """The model list as this session may pick from (an event that lists only the public models, such as
+    Load model, is followed by this one)."""
+    return {"model": gr.update(choices=host.names())}
+
+
 def panel(host: ModelHost) -> dict[str, Any]:
     """The "Connect a server" accordion's components, by name (built in the Blocks being laid out)."""
     on = host.connect_off is None

@@ -5,6 +5,7 @@ public server unless the operator allows it."""
 
 from __future__ import annotations
 
+import functools
 import types
 
 import httpx
@@ -188,3 +189,12 @@ def test_a_ui_event_sees_the_models_of_its_own_session():
         request = types.SimpleNamespace(session_hash=session, headers={})
         assert _handler(names, [], out)(request) == {out["seen"]: expected}
         assert list(_handler(streamed, [], out)(request)) == [{out["seen"]: expected}] * 2
+
+
+def test_the_model_list_after_an_event_keeps_the_sessions_connected_models():
+    h = host()
+    connect(h, "alice")
+    request = types.SimpleNamespace(session_hash="alice", headers={})
+    out = {"model": object()}
+    handler = _handler(functools.partial(ui_remote.model_choices, host=h), [], out)
+    assert handler(request)[out["model"]]["choices"] == ["fake", NAME]
