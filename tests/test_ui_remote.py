@@ -198,3 +198,9 @@ def test_the_model_list_after_an_event_keeps_the_sessions_connected_models():
     out = {"model": object()}
     handler = _handler(functools.partial(ui_remote.model_choices, host=h), [], out)
     assert handler(request)[out["model"]]["choices"] == ["fake", NAME]
+
+
+def test_a_top_k_server_is_listed_as_such_and_the_note_says_stages_may_be_marked_approximate():
+    out = connect(host(), "alice", cap=5, values="raw_logprobs")
+    assert out["model"]["value"] == "fake · remote · top-5"
+    assert "marked approximate in the step view" in out["remote_note"]
