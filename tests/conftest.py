@@ -13,6 +13,16 @@ def lm():
     return load_model()
 
 
+@pytest.fixture(scope="module")
+def host(lm):
+    """A ModelHost on `lm` for the UI handler tests; its decode loop ends with the module."""
+    from playground.models import ModelHost
+
+    host = ModelHost(lm)
+    yield host
+    host.scheduler().close()
+
+
 @pytest.fixture(scope="session")
 def server():
     """The app (UI + API) as a subprocess on a free loopback port, without an API key."""

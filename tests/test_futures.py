@@ -9,7 +9,6 @@ import pytest
 
 from engine.knobs import ParamError
 from playground import futures, futures_figures, ui_futures
-from playground.models import ModelHost
 from playground.ui_events import Stops
 from tests.test_ui_events import last, settings
 
@@ -92,13 +91,6 @@ def test_futures_and_tokens_out_of_range_are_refused_naming_the_control(n, k, pa
 
 
 # --- on the real model ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def host(lm):
-    host = ModelHost(lm)
-    yield host
-    host.scheduler().close()
 
 
 @pytest.fixture(scope="module")

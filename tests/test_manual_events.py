@@ -7,18 +7,10 @@ import pytest
 from engine.knobs import KNOBS
 from playground import manual_events, manual_runs
 from playground.manual_runs import Waits
-from playground.models import ModelHost
 from playground.ui_events import Inputs, Stops
 from playground.ui_settings import UI_KNOBS, control_spec
 
 pytestmark = pytest.mark.model
-
-
-@pytest.fixture(scope="module")
-def host(lm):
-    host = ModelHost(lm)
-    yield host
-    host.scheduler().close()
 
 
 def settings(lm, message="Name a colour.", response_format="text", **knobs) -> Inputs:

@@ -9,19 +9,11 @@ import pytest
 
 from engine.knobs import KNOBS
 from playground import ui_events
-from playground.models import ModelHost
 from playground.ui_events import Inputs, Stops
 from playground.ui_settings import UI_KNOBS, control_spec
 
 pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def host(lm):
-    host = ModelHost(lm)
-    yield host
-    host.scheduler().close()
 
 
 def settings(lm, message="Name a river.", **knobs) -> Inputs:

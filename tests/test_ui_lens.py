@@ -15,13 +15,6 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def host(lm):
-    host = ModelHost(lm)
-    yield host
-    host.scheduler().close()
-
-
-@pytest.fixture(scope="module")
 def runs(lm, host):
     from playground import ui_events
 

@@ -6,33 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.knobs import KNOBS
 from playground import ui_events, ui_manydraws
-from playground.models import ModelHost
-from playground.ui_events import Inputs, Stops
-from playground.ui_settings import UI_KNOBS, control_spec
+from playground.ui_events import Stops
+from tests.test_ui_events import last, settings
 
 STEP = 2
-
-
-@pytest.fixture(scope="module")
-def host(lm):
-    host = ModelHost(lm)
-    yield host
-    host.scheduler().close()
-
-
-def settings(lm, **knobs) -> Inputs:
-    values = {name: control_spec(KNOBS[name]).value for name in UI_KNOBS}
-    values.update({"max_tokens": "6", "seed": "3", **knobs})
-    return Inputs(lm.name, "", "Name a river.", [], values, tool_choice="auto")
-
-
-def last(events) -> dict:
-    out = {}
-    for out in events:
-        pass
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from engine.knobs import KNOBS, SamplingParams
+from engine.knobs import SamplingParams
 from engine.stages import PRESETS, token_label
 from playground import ui_events, ui_orders
-from playground.models import ModelHost
 from playground.ui_events import Inputs, Stops
-from playground.ui_settings import UI_KNOBS, control_spec
+from tests.test_ui_events import last
+from tests.test_ui_events import settings as ui_settings
 
 TEXTS = {1: "sea", 2: "lake", 3: "pond"}
 
@@ -68,24 +68,8 @@ def test_the_table_lists_each_order_and_marks_the_pick_that_differs():
 # --- on the real model ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def host(lm):
-    host = ModelHost(lm)
-    yield host
-    host.scheduler().close()
-
-
 def settings(lm, **knobs) -> Inputs:
-    values = {name: control_spec(KNOBS[name]).value for name in UI_KNOBS}
-    values.update({"max_tokens": "4", "seed": "3", **knobs})
-    return Inputs(lm.name, "", "Name a river.", [], values, tool_choice="auto")
-
-
-def last(events) -> dict:
-    out = {}
-    for out in events:
-        pass
-    return out
+    return ui_settings(lm, **{"max_tokens": "4", **knobs})
 
 
 @pytest.fixture(scope="module")
