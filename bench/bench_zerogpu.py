@@ -60,9 +60,9 @@ def yield_bytes(lm, prompt_ids: list[int], n: int, tokens: int, capture: bool) -
     """(pickled bytes of every yield of one call, of which the snapshots), as ZeroGPU would carry them."""
     zerogpu.register(lm)
     total = snaps = 0
-    for update in zerogpu.decode(zerogpu.GpuRequest.of(job(lm, prompt_ids, n, tokens, capture))):
-        total += len(pickle.dumps(update))
-        snaps += len(pickle.dumps(update.snapshots)) if update.snapshots else 0
+    for updates in zerogpu.decode([zerogpu.GpuRequest.of(job(lm, prompt_ids, n, tokens, capture))], max_rows=n):
+        total += len(pickle.dumps(updates))
+        snaps += sum(len(pickle.dumps(u.snapshots)) for u in updates if u.snapshots)
     return total, snaps
 
 

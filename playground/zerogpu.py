@@ -6,11 +6,20 @@ only inside a call decorated with `@spaces.GPU`. Each call runs in a worker fork
 shared decode loop (engine/scheduler.py) does its tensor work on a thread of the main process, outside
 any call, so there the ModelHost hands out a `GpuScheduler` instead. It answers the same small interface,
 `submit(gen, listener, client) -> Ticket` and `call(fn)`, so every UI action (and any later one) that
-gets its model work from `host.scheduler(...)` runs inside a GPU call without knowing it:
+gets its model work from `host.scheduler(...)` runs inside a GPU call without knowing it. One action is
+one call: the jobs a handler submits (the same thread, for the same client) before it reads any of their
+tickets (compare's two sides, a replay's two orders, a sweep's points) go into one call, which decodes
+them together in one private Batch and routes each step to its own ticket. A sweep's jobs have
+listeners and are never read as tickets: their call starts once the handler has submitted nothing more
+for GATHER_S (it submits them in one loop).
 
-    request = GpuRequest.of(gen)      # plain data: model name, prompt, params with the seed fixed, prefix...
-    for update in decode(request):    # in the GPU call: the Generation rebuilt and iterated alone, in a private Batch
-        update.steps, update.texts, update.finish_reasons, update.snapshots   # numpy, str, CPU tensors
+    requests = [GpuRequest.of(gen) for gen in action]   # plain data: model name, prompt, params with the seed fixed...
+    for updates in decode(requests, max_rows):          # in the GPU call: the Generations rebuilt, in one private Batch
+        update.job, update.steps, update.texts, update.finish_reasons, update.snapshots   # numpy, str, CPU tensors
+
+A row draws the same tokens whichever rows share its batch (engine/batch.py), so each job gets the text
+it gets alone, and in the shared loop. A job stopped while the others go on (only a caller that cancels
+one ticket of several) ends here at once; the call goes on for the others and closes when all have ended.
 
 What lives where. Everything that outlives a call stays in the main process: the Generation the UI built
 (its texts, finish reasons, completions and captured snapshots are filled from the updates), the what-if
@@ -37,6 +46,8 @@ import logging
 import pickle
 import queue
 import threading
+import time
+from collections import deque
 from contextvars import copy_context
 from dataclasses import dataclass, replace
 from functools import wraps
@@ -44,6 +55,7 @@ from typing import Any, Callable, Hashable, Iterator, TypeVar
 
 import torch
 
+from engine.batch import Batch
 from engine.constraints import Grammar
 from engine.generator import Generation
 from engine.knob import ParamError
@@ -110,13 +122,33 @@ class GpuRequest:
 
 
 @dataclass
-class Update:
-    """What one decode step changed, as the main process's Generation must see it."""
+class Failure:
+    """A job's error as plain data: a ParamError does not unpickle (its __init__ takes two arguments)."""
 
+    param: str | None  # the knob, for a ParamError; None for anything else (a bug, logged in the call)
+    message: str
+    code: str = "invalid_value"
+
+    @classmethod
+    def of(cls, e: Exception) -> "Failure":
+        if isinstance(e, ParamError):
+            return cls(e.param, e.message, e.code)
+        return cls(None, f"{type(e).__name__}: {e}")
+
+    def error(self) -> Exception:
+        return RuntimeError(self.message) if self.param is None else ParamError(self.param, self.message, self.code)
+
+
+@dataclass
+class Update:
+    """What one decode step changed for one job of the call, as the main process's Generation must see it."""
+
+    job: int  # which of the call's requests
     steps: list[Step]
     texts: list[str]
     finish_reasons: list[str | None]
     snapshots: dict[int, Snapshot]  # position -> CPU tensors, taken out of the worker's Generation
+    failure: Failure | None = None  # the job ended with this error (its rows left; the others go on)
 
     def apply(self, gen: Generation) -> None:
         gen.texts[:] = self.texts
@@ -126,25 +158,54 @@ class Update:
             gen.completions[step.index].append(step)
 
 
-def decode(request: GpuRequest) -> Iterator[Update]:
-    """The body of a GPU call: the request's Generation alone, one Update per step, and one at the end
-    (a finish that came without a step, as a cancel's, is in it)."""
-    gen = request.generation()
+def decode(requests: list[GpuRequest], max_rows: int) -> Iterator[list[Update]]:
+    """The body of a GPU call: the requests' Generations together in one private Batch, joined as the
+    shared loop joins jobs admitted together (each prompt prefilled alone, then its rows join), so each
+    row draws what it draws alone. One list of Updates per step (a job with steps or a failure that step),
+    and one with every job at the end (a finish that came without a step is in it). Jobs join in order
+    while their rows fit in `max_rows`, the rest as rows leave; a model whose cache cannot mix jobs
+    decodes them one after another. Both as the shared loop does."""
+    gens = [r.generation() for r in requests]
+    batch = Batch(gens[0].lm)
+    waiting = deque(range(len(gens)))
+    mergeable: bool | None = None
 
-    def update(steps: list[Step]) -> Update:
+    def update(k: int, steps: list[Step], failure: Failure | None = None) -> Update:
+        gen = gens[k]
         snaps = dict(gen.snapshots)
         gen.snapshots.clear()  # what was sent lives in the main process now
-        return Update(steps, list(gen.texts), list(gen.finish_reasons), snaps)
+        return Update(k, steps, list(gen.texts), list(gen.finish_reasons), snaps, failure)
 
-    for steps in gen:
-        yield update(steps)
-    yield update([])
+    while waiting or batch.rows:
+        batch.advance()  # a failure of the forward pass every row shares ends the call, and with it every job
+        failed: dict[int, Exception] = {}
+        while waiting and (not batch.rows or mergeable and len(batch.rows) + requests[waiting[0]].params.n <= max_rows):
+            k = waiting.popleft()
+            try:  # its own forward pass into its own cache, then its rows join: a failure is its alone
+                prefill = batch.prefill(gens[k])
+                while not prefill.advance():
+                    pass
+                if mergeable is None:
+                    mergeable = batch.mergeable(prefill.cache)
+                batch.join(gens[k], prefill.cache, prefill.logits)
+            except Exception as e:
+                failed[k] = e
+        steps, _, errors = batch.sample()
+        failed.update({k: errors[gen] for k, gen in enumerate(gens) if gen in errors})
+        for e in failed.values():
+            if not isinstance(e, ParamError):
+                log.error("a job failed in a GPU call; no other job was affected", exc_info=e)
+        made = [update(k, steps[gen]) for k, gen in enumerate(gens) if gen in steps]
+        yield made + [update(k, [], Failure.of(e)) for k, e in failed.items()]
+    yield [update(k, []) for k in range(len(gens))]
 
 
-def decode_duration(request: GpuRequest) -> float:
-    """Seconds to ask ZeroGPU for: rows x steps x the measured step time, with a margin."""
-    rows = request.params.n
-    return START_S + MARGIN * request.steps * (STEP_S + ROW_S * rows)
+def decode_duration(requests: list[GpuRequest], max_rows: int) -> float:
+    """Seconds to ask ZeroGPU for: the longest job's steps x the measured step time for the rows that
+    decode together, times the waves the rows need when they are more than max_rows, with a margin."""
+    rows = sum(r.params.n for r in requests)
+    waves = -(-rows // max_rows)
+    return START_S + MARGIN * waves * max(r.steps for r in requests) * (STEP_S + ROW_S * min(rows, max_rows))
 
 
 class NeedsGpu(BaseException):
@@ -270,9 +331,42 @@ def pickled(task: Callable[..., Iterator[Any]], duration: Callable[..., float]) 
 # --- the scheduler ------------------------------------------------------------------------------------
 
 
+class _Group:
+    """The jobs one caller (a thread, for one client) submits before it reads any of their tickets: one
+    UI action's jobs (compare's two sides, a replay's two orders, a sweep's points), decoded in one call."""
+
+    def __init__(self) -> None:
+        self.tickets: list[Ticket] = []
+        self.read = threading.Event()  # a ticket was read: the action has submitted all it will
+        self.last = time.monotonic()  # when a job last joined
+
+
+class _GroupTicket(Ticket):
+    """A ticket whose first read starts its group's call."""
+
+    def __init__(self, job: Generation, listener: Callable[[Any], None] | None, client: Hashable, group: _Group):
+        super().__init__(job, listener, client)
+        self._group = group
+
+    def get(self, timeout: float | None = None) -> Any:
+        self._group.read.set()
+        return super().get(timeout)
+
+    def __iter__(self) -> Iterator[list[Step]]:
+        self._group.read.set()
+        return super().__iter__()
+
+
+# Jobs with listeners are never read as tickets (a sweep's, the API's): their group's call starts once its
+# caller has submitted nothing more for this long. A sweep submits its points in one loop, microseconds apart.
+GATHER_S = 0.05
+
+
 class GpuScheduler:
-    """The model's Scheduler on ZeroGPU: each submitted Generation decodes in one GPU call of its own
-    (ZeroGPU queues the calls and gives each its GPU); a call(fn) that needs the weights is one too."""
+    """The model's Scheduler on ZeroGPU: every UI action is one GPU call (ZeroGPU queues the calls and
+    gives each its GPU). The jobs one thread submits for one client before it reads any of their tickets
+    are that action's: they decode together in the call, each step routed to its own ticket. A call(fn)
+    that needs the weights is one call too."""
 
     def __init__(self, lm: LoadedModel, limits: Limits = Limits(), gpu: Decorator = spaces_gpu):
         self.lm, self.limits = lm, limits
@@ -282,45 +376,92 @@ class GpuScheduler:
         self.stats = {"most_jobs_in_a_step": 1}
         self.calls = 0  # GPU calls made, for tests and the benchmark
         self._lock = threading.Lock()
+        self._open: dict[tuple[int, Hashable], _Group] = {}  # (thread, client) -> the group still gathering
 
     @property
     def waiting(self) -> int:
         return 0  # ZeroGPU keeps its own queue, and says nothing of it
 
     def submit(self, job: Generation, listener: Callable[[Any], None] | None = None, client: Hashable = None) -> Ticket:
-        """Start the job's GPU call (on a short thread that carries the caller's context, and with it the
-        visitor's Gradio request); its steps reach the ticket as from the shared loop."""
+        """Add the job to its caller's group; the group's GPU call starts on a short thread that carries
+        the caller's context (and with it the visitor's Gradio request) once a ticket of it is read, or
+        its caller has gone quiet. Its steps reach each ticket as from the shared loop."""
         if job.params.n > self.limits.max_rows:
             raise Refused(f"n = {job.params.n} completions is more than this server decodes at once "
                           f"({self.limits.max_rows} rows); lower n.", "n")
-        ticket = Ticket(job, listener, client)
-        ctx = copy_context()
-        threading.Thread(target=ctx.run, args=(self._drive, ticket), name=f"zerogpu:{self.lm.name}", daemon=True).start()
+        key = (threading.get_ident(), client)
+        with self._lock:
+            group = self._open.get(key)
+            if group is None:
+                group = self._open[key] = _Group()
+                ctx = copy_context()
+                threading.Thread(target=ctx.run, args=(self._drive, key, group), name=f"zerogpu:{self.lm.name}",
+                                 daemon=True).start()
+            ticket = _GroupTicket(job, listener, client, group)
+            group.tickets.append(ticket)
+            group.last = time.monotonic()
         return ticket
 
-    def _drive(self, ticket: Ticket) -> None:
-        gen = ticket.job
-        ticket.admitted.set()
+    def _gather(self, key: tuple[int, Hashable], group: _Group) -> list[Ticket]:
+        """Wait for the group's caller to be done submitting; the group closes (a later submit opens another)."""
+        while True:
+            group.read.wait(GATHER_S)
+            with self._lock:
+                if group.read.is_set() or time.monotonic() - group.last >= GATHER_S:
+                    del self._open[key]
+                    return list(group.tickets)
+
+    def _drive(self, key: tuple[int, Hashable], group: _Group) -> None:
+        tickets = self._gather(key, group)
+        for ticket in tickets:
+            ticket.admitted.set()
+        live = [t for t in tickets if not t.job.stopping()]
+        ended: set[int] = set()
+
+        def end(k: int, error: Exception | None = None) -> None:
+            ticket = live[k]
+            ended.add(k)
+            if error is not None:
+                ticket.deliver(error)
+            if ticket.job.stopping():
+                ticket.job.finish_reasons[:] = [r or "cancelled" for r in ticket.job.finish_reasons]
+            ticket.deliver(END)
+
         try:
-            if not gen.stopping():
+            if live:
                 self._count()
-                updates = self._decode(GpuRequest.of(gen))
+                updates = self._decode([GpuRequest.of(t.job) for t in live], self.limits.max_rows)
                 try:
-                    for update in updates:
-                        update.apply(gen)
-                        if update.steps:
-                            ticket.deliver(update.steps)
-                        if gen.stopping():
-                            break
+                    for made in updates:
+                        for update in made:
+                            if update.job in ended:
+                                continue  # stopped here while the call went on for the others
+                            gen = live[update.job].job
+                            update.apply(gen)
+                            if update.steps:
+                                live[update.job].deliver(update.steps)
+                            if update.failure is not None:
+                                end(update.job, update.failure.error())
+                        for k, ticket in enumerate(live):
+                            if k not in ended and (ticket.job.done or ticket.job.stopping()):
+                                end(k)
+                        if len(ended) == len(live):
+                            break  # closing the call stops it at its next yield
                 finally:
                     updates.close()
-        except Exception as e:  # this job's alone, as in the shared loop
+        except Exception as e:  # the call's own failure (its shared forward pass): its jobs end, as in the shared loop
             if not isinstance(e, ParamError):
                 log.error("a GPU call failed", exc_info=e)
-            ticket.deliver(e)
-        if gen.stopping():
-            gen.finish_reasons[:] = [r or "cancelled" for r in gen.finish_reasons]
-        ticket.deliver(END)
+            for k in range(len(live)):
+                if k not in ended:
+                    end(k, e)
+        for k in range(len(live)):
+            if k not in ended:
+                end(k)
+        for ticket in tickets:
+            if ticket not in live:
+                ticket.job.finish_reasons[:] = [r or "cancelled" for r in ticket.job.finish_reasons]
+                ticket.deliver(END)
 
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """fn() in this process, on the CPU, when it needs no weights (a what-if resamples a cached
@@ -340,4 +481,3 @@ class GpuScheduler:
 
     def close(self) -> None:
         pass
-

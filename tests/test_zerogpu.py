@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import app as app_module
 from engine.knobs import SamplingParams
+from engine.scheduler import Limits
 from playground import ui_events, ui_runs, zerogpu
 from playground.models import ModelHost
 from playground.ui_events import Stops
@@ -96,11 +97,27 @@ def test_continue_here_keeps_the_earlier_tokens(lm, host, runs):
            [s["token_id"] for s in runs[0]["completions"][0]["steps"][:3]]
 
 
-def test_compare_runs_both_sides_each_in_its_gpu_call(lm, host, runs):
+def test_compare_runs_both_sides_in_one_gpu_call(lm, host, runs):
     before = calls(host)
     out = last(ui_events.compare(host, Stops(), settings(lm), runs, '{"temperature": 0.3}', "s"))
-    assert calls(host) == before + 2
+    assert calls(host) == before + 1
     assert len(out["runs"]) == len(runs) + 2
+
+
+def test_compare_gives_each_side_the_text_of_the_shared_loop(lm, host, closes_schedulers):
+    ui = settings(lm, "Tell me about rivers.", max_tokens="16", temperature=1.1, seed="7")
+    shared = last(ui_events.compare(ModelHost(lm), Stops(), ui, [], '{"temperature": 0.4}', "s"))["runs"]
+    mine = last(ui_events.compare(host, Stops(), ui, [], '{"temperature": 0.4}', "s"))["runs"]
+    assert [[s["token_id"] for s in r["completions"][0]["steps"]] for r in mine] == \
+           [[s["token_id"] for s in r["completions"][0]["steps"]] for r in shared]
+    assert [r["completions"][0]["text"] for r in mine] == [r["completions"][0]["text"] for r in shared]
+
+
+def test_replay_runs_both_orders_in_one_gpu_call(host, runs):
+    before = calls(host)
+    out = last(ui_events.replay(host, Stops(), runs, 0, "1", 2, "llama.cpp", "s"))
+    assert "With the same random number" in out["replay_note"]
+    assert calls(host) == before + 1
 
 
 def test_replay_redoes_the_step_under_each_order(host, runs):
@@ -108,11 +125,28 @@ def test_replay_redoes_the_step_under_each_order(host, runs):
     assert "With the same random number" in out["replay_note"]
 
 
-def test_a_sweep_makes_a_point_per_value(lm, host, runs):
+def test_a_sweep_makes_a_point_per_value_in_one_gpu_call(lm, host, runs):
+    before = calls(host)
     out = last(ui_events.sweep(host, Stops(), settings(lm), runs, "temperature", 0.0, 1.0, 3, 2, 4, "s"))
     points = out["sweep_state"]["points"]
+    assert calls(host) == before + 1
     assert [p["settings"] for p in points] == [{"temperature": v} for v in (0.0, 0.5, 1.0)]
     assert len(set(points[0]["texts"])) == 1  # temperature 0 is greedy
+
+
+def test_a_sweep_gives_each_point_the_texts_of_the_shared_loop(lm, host, closes_schedulers):
+    ui = settings(lm, "Tell me about rivers.", seed="3")
+    shared = last(ui_events.sweep(ModelHost(lm), Stops(), ui, [], "top_p", 0.5, 1.0, 3, 2, 12, "s"))
+    mine = last(ui_events.sweep(host, Stops(), ui, [], "top_p", 0.5, 1.0, 3, 2, 12, "s"))
+    assert [p["texts"] for p in mine["sweep_state"]["points"]] == [p["texts"] for p in shared["sweep_state"]["points"]]
+
+
+def test_a_call_decodes_more_rows_than_fit_at_once_in_turns(lm):
+    """A sweep larger than the rows the server decodes at once is still one call: its jobs join as rows leave."""
+    host = ModelHost(lm, limits=Limits(max_rows=2), gpu=zerogpu.pickled)
+    out = last(ui_events.sweep(host, Stops(), settings(lm, seed="3"), [], "temperature", 0.5, 1.0, 3, 2, 3, "s"))
+    assert calls(host) == 1
+    assert all(len(p["texts"]) == 2 and all(p["texts"]) for p in out["sweep_state"]["points"])
 
 
 def test_a_grammar_crosses_into_the_call_and_a_required_tool_call_comes_back(lm, host):
