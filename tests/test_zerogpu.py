@@ -141,6 +141,25 @@ def test_a_sweep_gives_each_point_the_texts_of_the_shared_loop(lm, host, closes_
     assert [p["texts"] for p in mine["sweep_state"]["points"]] == [p["texts"] for p in shared["sweep_state"]["points"]]
 
 
+def test_jobs_of_different_prompts_submitted_together_are_one_call_and_each_keeps_its_text(lm, host, closes_schedulers):
+    def jobs():
+        return [ui_runs.start(lm, [{"role": "user", "content": text}], SamplingParams.build(temperature=1.0, n=n, max_tokens=10, seed=5),
+                              "T", {})[0] for text, n in (("Hi.", 2), ("Tell me a long story about the sea.", 1))]
+
+    def texts(scheduler):
+        gens = jobs()
+        tickets = [scheduler.submit(g) for g in gens]  # both before either is read, as one action does
+        for t in tickets:
+            for _ in t:
+                pass
+        return [g.texts for g in gens]
+
+    shared = texts(ModelHost(lm).scheduler())
+    before = calls(host)
+    assert texts(host.scheduler()) == shared
+    assert calls(host) == before + 1
+
+
 def test_a_call_decodes_more_rows_than_fit_at_once_in_turns(lm):
     """A sweep larger than the rows the server decodes at once is still one call: its jobs join as rows leave."""
     host = ModelHost(lm, limits=Limits(max_rows=2), gpu=zerogpu.pickled)
