@@ -359,7 +359,7 @@ class _GroupTicket(Ticket):
 
 # Jobs with listeners are never read as tickets (a sweep's, the API's): their group's call starts once its
 # caller has submitted nothing more for this long. A sweep submits its points in one loop, microseconds apart.
-GATHER_S = 0.05
+GATHER_S = 0.1  # against a handler thread descheduled mid-loop on a busy machine; small beside a call's start
 
 
 class GpuScheduler:
@@ -373,7 +373,7 @@ class GpuScheduler:
         register(lm)
         self._decode = gpu(decode, decode_duration)
         self._call = gpu(run_call, call_duration)
-        self.stats = {"most_jobs_in_a_step": 1}
+        self.stats = {"most_jobs_in_a_step": 1}  # the most jobs one call has decoded together
         self.calls = 0  # GPU calls made, for tests and the benchmark
         self._lock = threading.Lock()
         self._open: dict[tuple[int, Hashable], _Group] = {}  # (thread, client) -> the group still gathering
@@ -430,6 +430,7 @@ class GpuScheduler:
         try:
             if live:
                 self._count()
+                self.stats["most_jobs_in_a_step"] = max(self.stats["most_jobs_in_a_step"], len(live))
                 updates = self._decode([GpuRequest.of(t.job) for t in live], self.limits.max_rows)
                 try:
                     for made in updates:
