@@ -61,6 +61,7 @@ class Grammar:
     def start(self, lm: LoadedModel, n: int) -> "Matchers":
         import llguidance
 
+        lm.check_grammar(self.param)
         tokenizer = _ll_tokenizer(lm)
         error = llguidance.LLMatcher.validate_grammar(self.grammar, tokenizer)
         if error:

@@ -104,6 +104,10 @@ class LoadedModel:
         )
         return list(enc["input_ids"])
 
+    def check_grammar(self, param: str) -> None:
+        """ParamError naming `param` where a grammar cannot run on this model (engine/remote.py: a vocabulary
+        without exact token bytes); here every token's bytes are known."""
+
     def token_text(self, token_id: int) -> str:
         """A single token shown as text; byte fragments of a character appear as <0xAB>."""
         text = self._texts.get(token_id)

@@ -30,8 +30,10 @@ one row a request, with its chat template from `/apply-template`. Its values are
 repetition penalty is approximate there.
 
 The vocabulary's strings (stop matching, incremental text, DRY's breakers, grammars) come from a local
-tokenizer: `--remote-tokenizer ID_OR_FOLDER`, else the model's own name as a Hub id or folder. The chat
-template comes from the server where it offers one (`/tokenize` with messages), else from that tokenizer.
+tokenizer: `--remote-tokenizer ID_OR_FOLDER`, else the model's own name as a Hub id or folder, else (no
+`--remote-tokenizer` given) from the server's `/detokenize`, read once and cached (engine/remote_vocab.py);
+grammars are refused then, since their automaton needs every token's exact bytes. The chat template comes
+from the server where it offers one (`/tokenize` with messages), else from that tokenizer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from engine import remote_vocab
 from engine.context import NEG_INF
 from engine.knob import ParamError
 from engine.model import LoadedModel
@@ -310,7 +313,25 @@ class RemoteModel(LoadedModel):
     logprobs: int = -1  # what each step asks for: -1 the whole vocabulary, else the top K
     signed: bool = True  # the server sends raw logits (False: log-probabilities)
     template_from_server: bool = False
+    detokenised: bool = False  # the vocabulary's strings came from the server's /detokenize (no local tokenizer)
     computes_here = False
+
+    def token_text(self, token_id: int) -> str:
+        if self.detokenised:  # the table's text; a byte of a character shows as U+FFFD (its byte is unknown)
+            return self.tokenizer.convert_ids_to_tokens(int(token_id))
+        return super().token_text(token_id)
+
+    def check_grammar(self, param: str) -> None:
+        if self.detokenised:  # llguidance builds its automaton from every token's exact bytes
+            raise ParamError(param, f"{param}: {self.name} has no local tokenizer (its vocabulary came from the server's "
+                             f"/detokenize, where {self.tokenizer.inexact} tokens are only part of a character), so a "
+                             "grammar (tools with tool_choice required or named, response_format) cannot know every "
+                             "token's bytes; give --remote-tokenizer ID_OR_FOLDER to use it")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if self.detokenised:
+            return self.token_text(token_id).encode("utf-8")
+        return super().token_bytes(token_id)
 
     @property
     def mode(self) -> str:
@@ -420,12 +441,14 @@ class RemoteRows:
 
 
 def connect(url: str, model: str, key: str | None = None, tokenizer: str | None = None, timeout: float | None = None,
-            transport: Any = None, tokenizer_object: Any = None, binary: bool | None = None) -> RemoteModel:
+            transport: Any = None, tokenizer_object: Any = None, binary: bool | None = None,
+            say: Any = None) -> RemoteModel:
     """Probe the server and return the model as a RemoteModel; RemoteError with a clear message when it
     cannot drive a step loop (unreachable, a refused key, an unknown model, no token prompts, no logprobs).
     key: None reads PLAYGROUND_REMOTE_KEY. tokenizer: a Hub id or folder for the vocabulary's strings
-    (default: the model's own name); tokenizer_object: one already loaded. binary: False keeps to plain JSON
-    (None: the base64 extension where the server has it)."""
+    (default: the model's own name, else the server's /detokenize); tokenizer_object: one already loaded.
+    binary: False keeps to plain JSON (None: the base64 extension where the server has it). say: progress
+    while a vocabulary is read from /detokenize (default: stderr)."""
     import time
 
     start = time.perf_counter()
@@ -437,9 +460,14 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
     if model not in names:
         raise RemoteError(f"the server at {url} has no model {model!r}; it serves {names}")
     info = listed[names.index(model)]
-    tok = tokenizer_object if tokenizer_object is not None else _tokenizer(tokenizer or model)
-    V = len(tok)
-    probe = [[tok.eos_token_id if tok.eos_token_id is not None else 0]]
+    try:
+        tok = tokenizer_object if tokenizer_object is not None else _tokenizer(tokenizer or model)
+    except RemoteError:
+        if tokenizer is not None or not _has_detokenize(server, model):
+            raise
+        tok = None  # read from the server's /detokenize once the vocabulary's size is known
+    V = len(tok) if tok is not None else 0
+    probe = [[tok.eos_token_id if tok is not None and tok.eos_token_id is not None else 0]]
     logprobs, entries, why = None, None, ""
     for ask in PROBE_LOGPROBS:
         for server.binary in ((True, False) if binary is not False else (False,)):
@@ -458,7 +486,7 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
             entries, logprobs = _entries(choices[0]), ask
             server.binary = bool((choices[0].get("logprobs") or {}).get("top_logprobs_base64"))
             break
-    if entries is None:  # llama.cpp's own /completion: n_probs over a token prompt, as many as the vocabulary
+    if entries is None and tok is not None:  # llama.cpp's own /completion: n_probs over a token prompt, as many as the vocabulary
         status, data = server.call("POST", "/completion", {"prompt": probe[0], "n_predict": 1, "n_probs": V,
                                                            "post_sampling_probs": False, "stream": False})
         if status == 200 and (data.get("completion_probabilities") or [{}])[0].get("top_logprobs"):
@@ -468,6 +496,11 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
         raise RemoteError(f"the server at {url} gives no logprobs for token-id prompts on /v1/completions ({why})")
     ids, values = entries
     whole = logprobs < 0
+    if tok is None:
+        if not whole:
+            raise RemoteError(f"no tokenizer for the remote model {model!r}, and the server sends only its top "
+                              f"{logprobs} tokens, so the vocabulary's size is unknown: give --remote-tokenizer ID_OR_FOLDER")
+        tok = _detokenised(server, model, len(values), say)
     if whole:
         V = max(V, len(values))
     elif len(values) < logprobs:
@@ -483,6 +516,7 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
                      context_length=context, eos_ids=frozenset(eos), vocab_size=V, source=f"remote {url}",
                      server=server, remote_name=model, logprobs=logprobs, signed=signed)
     lm.name = f"{model} · remote · {lm.mode}"
+    lm.detokenised = tokenizer_object is None and isinstance(tok, remote_vocab.VocabTokenizer)
     lm.template_from_server = _has_chat_tokenize(server, model)
     lm.load_seconds = time.perf_counter() - start
     return lm
@@ -495,6 +529,20 @@ def _has_chat_tokenize(server: Server, model: str) -> bool:
     status, data = server.call("POST", "/tokenize", {"model": model, "messages": [{"role": "user", "content": "hi"}],
                                                      "add_generation_prompt": True})
     return status == 200 and isinstance(data, dict) and isinstance(data.get("tokens"), list)
+
+
+def _has_detokenize(server: Server, model: str) -> bool:
+    status, data = server.call("POST", "/detokenize", {"model": model, "tokens": [0]})
+    return status == 200 and isinstance(data, dict) and isinstance(data.get("prompt"), str)
+
+
+def _detokenised(server: Server, model: str, V: int, say: Any) -> "remote_vocab.VocabTokenizer":
+    try:
+        texts = remote_vocab.read_vocabulary(server, model, V, say)
+    except ValueError as e:
+        raise RemoteError(f"no tokenizer for the remote model {model!r}, and its vocabulary could not be read from "
+                          f"{server.url}/detokenize ({e}): give --remote-tokenizer ID_OR_FOLDER") from e
+    return remote_vocab.VocabTokenizer(server, model, texts, remote_vocab.find_eos(server, model, texts))
 
 
 def _tokenizer(name: str):
