@@ -179,6 +179,11 @@ class Scheduler:
         """Jobs waiting for room, all clients together."""
         return self._queued
 
+    def submitted(self) -> None:
+        """The caller has submitted every job of one action (a sweep's points). Nothing to do here: each job
+        joins the shared batch as it comes. A scheduler that runs an action's jobs together (ZeroGPU's,
+        playground/zerogpu.py) starts them now."""
+
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """fn() run on the loop's thread between two steps; its result, or its exception raised here. For
         tensor work outside the batch (a what-if on a recorded step), which must not run on another

@@ -424,6 +424,7 @@ def run_many(lm: LoadedModel, scheduler: Scheduler, jobs: list[tuple[Generation,
     try:
         for i, (gen, _) in enumerate(jobs):
             tickets.append(scheduler.submit(gen, listener=lambda item, i=i: items.put((i, item)), client=client(session)))
+        scheduler.submitted()
     except Refused:
         for t in tickets:
             t.cancel()

@@ -10,8 +10,9 @@ gets its model work from `host.scheduler(...)` runs inside a GPU call without kn
 one call: the jobs a handler submits (the same thread, for the same client) before it reads any of their
 tickets (compare's two sides, a replay's two orders, a sweep's points) go into one call, which decodes
 them together in one private Batch and routes each step to its own ticket. A sweep's jobs have
-listeners and are never read as tickets: their call starts once the handler has submitted nothing more
-for GATHER_S (it submits them in one loop).
+listeners and are never read as tickets: their call starts when the handler says it has submitted them
+all (`submitted()`), or, for a caller that never says so (the API), once it has submitted nothing more
+for GATHER_S.
 
     requests = [GpuRequest.of(gen) for gen in action]   # plain data: model name, prompt, params with the seed fixed...
     for updates in decode(requests, max_rows):          # in the GPU call: the Generations rebuilt, in one private Batch
@@ -401,6 +402,14 @@ class GpuScheduler:
             group.tickets.append(ticket)
             group.last = time.monotonic()
         return ticket
+
+    def submitted(self) -> None:
+        """The calling thread has submitted every job of its action: its groups' calls start now, not after
+        GATHER_S (a sweep says so; its jobs report through listeners and are never read as tickets)."""
+        with self._lock:
+            for (thread, _), group in self._open.items():
+                if thread == threading.get_ident():
+                    group.read.set()
 
     def _gather(self, key: tuple[int, Hashable], group: _Group) -> list[Ticket]:
         """Wait for the group's caller to be done submitting; the group closes (a later submit opens another)."""
