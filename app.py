@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "PLAYGROUND_REMOTE_KEY, never from the command line")
     p.add_argument("--remote-model", default=None, metavar="NAME", help="the model's name on that server (see its /v1/models)")
     p.add_argument("--remote-tokenizer", default=None, metavar="ID_OR_FOLDER",
-                   help="a local tokenizer for the remote model's vocabulary (default: --remote-model as a Hub id or folder)")
+                   help="a local tokenizer for the remote model's vocabulary (default: --remote-model as a Hub id or "
+                        "folder, else the server's /detokenize read once and cached; grammars need a local tokenizer)")
     p.add_argument("--allow-connect", action="store_true",
                    help="let visitors connect a server from the page on a public server (a Space, --open-api, a host "
                         "beyond loopback), where it is off: each visitor could make this server fetch any address")
