@@ -10,6 +10,10 @@ import argparse
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# After every event Gradio's queue rebuilds a pandas summary of the last 10,000 events (a DataFrame and a
+# groupby, in a worker thread holding the GIL: 3 ms at 100 events, 7 ms at 10,000, measured here) that only
+# its monitoring dashboard reads, which this app does not turn on. A page makes about ten events a run.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**9))
 
 
 def _positive_int(text: str) -> int:

@@ -53,10 +53,12 @@ table.vocab tr.drawn td { background: #ffedd5; font-weight: 600; }
 """
 
 
-def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str, manual: bool = False) -> Iterator[Out]:
-    """Generate as usual, unless manual mode is on: then `start` makes the run one step at a time."""
+def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str, manual: bool = False, search: str = "",
+             sort: str = "rank", reverse: bool = False) -> Iterator[Out]:
+    """Generate as usual, unless manual mode is on: then `start` makes the run one step at a time. One
+    event for both: every event a page runs costs it (and the server) work on each later update."""
     if manual:
-        yield {}
+        yield from start(host, stops, ui, session, True, search, sort, reverse)
         return
     yield from ui_events.generate(host, stops, ui, session)
 

@@ -189,6 +189,14 @@ def _load_model(name: str, progress=gr.Progress(), *, host: ModelHost, outputs: 
     return {model: out["model"], info: out["model_info"]} if "model" in out else {info: out["model_info"]}
 
 
+def _follow_step(host: ModelHost, stops: Stops, ui, runs, view, completion, step, draws, draws_seed, session: str,
+                 draws_note: str, orders_note: str):
+    """The teaching views that follow the selected step once drawn, in one event: every event a page runs
+    costs it and the server work, also for a page that never opened them."""
+    yield from ui_manydraws.follow_step(host, stops, ui, runs, view, completion, step, draws, draws_seed, session, draws_note)
+    yield from ui_orders.follow_step(host, stops, ui, runs, view, completion, step, session, orders_note)
+
+
 def _pick_token(evt: gr.EventData):
     """A click on a token in the token view (TOKENVIEW_JS sends its step)."""
     return int(evt.step)
@@ -520,15 +528,19 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     whatif_in = {**settings, **selection, "live": c["live"]}
     whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
     # Hidden progress: the streamed heads already say waiting or generating, and Gradio's overlay timer redraws.
-    gen_event = _on([b["generate"].click, c["message"].submit], bound(manual_events.generate), {**settings, "manual": c["manual"]},
-                    pick("run_error", "completions", "tokens", "runs", "history", "finished"), **quiet, **model_events)
+    # Manual mode (its toggle beside Generate) starts here too: manual_events.generate picks.
+    table_in = {"search": c["manual_search"], "sort": c["manual_sort"], "reverse": c["manual_reverse"]}
+    manual_out = pick(*manual_events.PANEL, "manual_run", "manual_page", "runs", "view", "completion", "step")
+    gen_event = _on([b["generate"].click, c["message"].submit], bound(manual_events.generate),
+                    {**settings, "manual": c["manual"], **table_in},
+                    {**pick("run_error", "completions", "tokens", "runs", "history", "finished"), **manual_out, "tabs": c["tabs"]},
+                    **quiet, **model_events)
     # Drawn once: by the step's change event, or right here when the step stays put (finish_generate).
     finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host),
                      pick("runs", "history", "finished", "step"),
                      pick("finished", "chat", "message", "view", "completion", "step", "prompt", "redraw"), **quiet)
     drawn = _then(finished, ui_events.show_kept, {"redraw": c["redraw"], **selection, "mode": c["mode"]}, view_out, **quiet)
     _then(drawn, bound(ui_events.what_if_kept), {**whatif_in, "redraw": c["redraw"]}, whatif_out, **quiet, **model_events)
-    _then(drawn, validate, {**settings, "runs": c["runs"]}, validate_out, **quiet)
     _on(b["stop"].click, functools.partial(ui_events.stop, stops=stops), {}, {}, concurrency_limit=None, **quiet)
     _on(b["clear"].click, ui_events.clear, {}, pick("history", "chat", "run_error"))
 
@@ -577,11 +589,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
         pick("lens_note", "lens_heatmap", "lens_rank"), **model_events)
 
     # ---- manual mode: Generate makes one step and waits for a pick, a draw or a rewind ----
-    table_in = {"search": c["manual_search"], "sort": c["manual_sort"], "reverse": c["manual_reverse"]}
-    manual_out = pick(*manual_events.PANEL, "manual_run", "manual_page", "runs", "view", "completion", "step")
     manual_in = {"manual_run": c["manual_run"], **table_in}
-    _on([b["generate"].click, c["message"].submit], bound(manual_events.start), {**settings, "manual": c["manual"], **table_in},
-        {**manual_out, "tabs": c["tabs"]}, **model_events)
     _on(c["manual_draw_btn"].click, bound(manual_events.draw), manual_in, manual_out, **model_events)
     _on(c["manual_takeover_btn"].click, bound(manual_events.take_over), {**selection, **table_in},
         {**manual_out, "tabs": c["tabs"]}, **model_events)
@@ -601,10 +609,9 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     draws_out, orders_out = pick("draws_note", "draws_plot"), pick("orders_note", "orders_table", "orders_plot")
     _on([b["draws"].click, c["draws_n"].change, c["draws_seed"].change], bound(ui_manydraws.sample_step), draws_in,
         draws_out, trigger_mode="always_last", **quiet, **model_events)
-    _then(shown, bound(ui_manydraws.follow_step), {**draws_in, "note": c["draws_note"]}, draws_out, **quiet, **model_events)
     _on(b["orders"].click, bound(ui_orders.all_orders), {**settings, **selection}, orders_out, **model_events)
-    _then(shown, bound(ui_orders.follow_step), {**settings, **selection, "note": c["orders_note"]}, orders_out, **quiet,
-          **model_events)
+    _then(shown, bound(_follow_step), {**draws_in, "draws_note": c["draws_note"], "orders_note": c["orders_note"]},
+          {**draws_out, **orders_out}, **quiet, **model_events)
 
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))

@@ -45,3 +45,15 @@ def test_a_page_opened_without_a_link_runs_no_server_event_on_load_that_sets_the
     on_load = [fn for fn in demo.fns.values() if any(t[1] == "load" for t in fn.targets) and fn.fn is not None]
     assert knobs and on_load
     assert not any(knobs & set(fn.outputs) for fn in on_load)
+
+
+def test_generate_and_a_selected_step_each_start_as_few_server_events_as_they_need():
+    """Generate starts one event (manual mode's included), and a selected step one for the teaching views
+    that follow it, beside its picture and what-if: each event a page runs costs it and the server work."""
+    demo = build_ui(ModelHost(wordy_lm()))
+    ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
+    on_click = [fn for fn in demo.fns.values() if (ids["generate"], "click") in fn.targets and fn.fn is not None]
+    assert len(on_click) == 1
+    on_step = [fn for fn in demo.fns.values() if (ids["step"], "change") in fn.targets and fn.fn is not None]
+    after_step = [fn for fn in demo.fns.values() if fn.trigger_after in {f._id for f in on_step}]
+    assert len(on_step) == 1 and len(after_step) == 2  # the what-if, and the teaching views together
