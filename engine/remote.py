@@ -190,6 +190,7 @@ class Server:
     binary: bool = False  # ask for the base64 float32 extension (connect finds whether the server has it)
     received: int = 0  # response bytes so far (bench/bench_remote.py)
     dialect: str = "openai"  # or "llama.cpp": its /completion with n_probs (found when connecting)
+    vocab_ask: bool = False  # the whole vocabulary is asked for by its size, not -1 (llama-server's /v1/completions)
     _client: Any = field(default=None, repr=False)
 
     def client(self):
@@ -231,7 +232,7 @@ class Server:
         if self.dialect == "llama.cpp":
             return [self.llama_probs(prompt, vocab if logprobs < 0 else logprobs) for prompt in prompts]
         data = self.get("/v1/completions", {
-            "model": model, "prompt": prompts, "max_tokens": 1, "logprobs": logprobs,
+            "model": model, "prompt": prompts, "max_tokens": 1, "logprobs": vocab if logprobs < 0 and self.vocab_ask else logprobs,
             "return_tokens_as_token_ids": True, "temperature": 1.0, "top_p": 1.0, "n": 1, "stream": False,
             **self._format(),
         })
@@ -278,6 +279,13 @@ def _entries(choice: dict) -> tuple[np.ndarray, np.ndarray]:
     packed = _packed(lp)
     if packed is not None:
         return packed
+    content = lp.get("content")
+    if isinstance(content, list) and content and isinstance(content[0].get("top_logprobs"), list):
+        # llama.cpp's llama-server: the chat form, each entry {"id", "token", "bytes", "logprob"}
+        top = content[0]["top_logprobs"]
+        if top and all("id" in t for t in top):
+            values = [float("-inf") if t.get("logprob") is None else t["logprob"] for t in top]
+            return np.array([t["id"] for t in top], dtype=np.int64), np.array(values, dtype=np.float32)
     tops = lp.get("top_logprobs") or []
     if not tops or not tops[0]:
         raise RemoteError("the server sent no logprobs: it must return top_logprobs for /v1/completions")
@@ -312,7 +320,7 @@ class RemoteModel(LoadedModel):
     remote_name: str = ""  # the model's name on the server
     logprobs: int = -1  # what each step asks for: -1 the whole vocabulary, else the top K
     signed: bool = True  # the server sends raw logits (False: log-probabilities)
-    template_from_server: bool = False
+    template_from_server: str = ""  # "tokenize" (with messages: vLLM, this playground), "apply-template" (llama.cpp), or ""
     detokenised: bool = False  # the vocabulary's strings came from the server's /detokenize (no local tokenizer)
     computes_here = False
 
@@ -347,7 +355,7 @@ class RemoteModel(LoadedModel):
 
     def encode_chat(self, messages: list[dict], **template_kwargs) -> list[int]:
         """The server's own chat template where it offers one (/tokenize with messages), else the tokenizer's."""
-        if self.template_from_server and self.server.dialect == "llama.cpp":  # its template, this vocabulary
+        if self.template_from_server == "apply-template":  # llama.cpp: its template, this vocabulary
             text = self.server.get("/apply-template", {"messages": messages, **template_kwargs})["prompt"]
             return self.tokenizer.encode(text, add_special_tokens=False)
         if self.template_from_server:
@@ -469,7 +477,8 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
     V = len(tok) if tok is not None else 0
     probe = [[tok.eos_token_id if tok is not None and tok.eos_token_id is not None else 0]]
     logprobs, entries, why = None, None, ""
-    for ask in PROBE_LOGPROBS:
+    asks = list(PROBE_LOGPROBS)
+    for ask in asks:
         for server.binary in ((True, False) if binary is not False else (False,)):
             status, data = server.call("POST", "/v1/completions", {
                 "model": model, "prompt": probe, "max_tokens": 1, "logprobs": ask, "return_tokens_as_token_ids": True,
@@ -483,7 +492,16 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
             choices = data.get("choices") or []
             if len(choices) != 1:
                 raise RemoteError(f"the server at {url} does not take token-id prompts on /v1/completions")
-            entries, logprobs = _entries(choices[0]), ask
+            try:
+                entries = _entries(choices[0])
+            except RemoteError as e:  # a 200 without logprobs for this ask: try the next
+                why = str(e)
+                if ask < 0 and V and V not in asks:  # llama-server: none for -1, the whole vocabulary asked by its size
+                    asks.insert(asks.index(ask) + 1, V)
+                continue
+            logprobs = ask
+            if V and ask == V and len(entries[1]) >= V:
+                server.vocab_ask, logprobs = True, -1  # the whole vocabulary, asked by its size
             server.binary = bool((choices[0].get("logprobs") or {}).get("top_logprobs_base64"))
             break
     if entries is None and tok is not None:  # llama.cpp's own /completion: n_probs over a token prompt, as many as the vocabulary
@@ -522,13 +540,16 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
     return lm
 
 
-def _has_chat_tokenize(server: Server, model: str) -> bool:
-    if server.dialect == "llama.cpp":
-        status, data = server.call("POST", "/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
-        return status == 200 and isinstance(data, dict) and isinstance(data.get("prompt"), str)
-    status, data = server.call("POST", "/tokenize", {"model": model, "messages": [{"role": "user", "content": "hi"}],
-                                                     "add_generation_prompt": True})
-    return status == 200 and isinstance(data, dict) and isinstance(data.get("tokens"), list)
+def _has_chat_tokenize(server: Server, model: str) -> str:
+    """How the server applies its own chat template: "tokenize" (/tokenize with messages, vLLM's and this
+    playground's), "apply-template" (llama.cpp's), or "" (the local tokenizer's template)."""
+    hello = [{"role": "user", "content": "hi"}]
+    if server.dialect != "llama.cpp":
+        status, data = server.call("POST", "/tokenize", {"model": model, "messages": hello, "add_generation_prompt": True})
+        if status == 200 and isinstance(data, dict) and isinstance(data.get("tokens"), list) and data["tokens"]:
+            return "tokenize"  # llama-server answers a /tokenize without "content" with no tokens
+    status, data = server.call("POST", "/apply-template", {"messages": hello})
+    return "apply-template" if status == 200 and isinstance(data, dict) and isinstance(data.get("prompt"), str) else ""
 
 
 def _has_detokenize(server: Server, model: str) -> bool:

@@ -48,7 +48,7 @@ def fake_server(next_logits, cap: int = -1, values: str = "raw_logits", key: str
         for i, prompt in enumerate(prompts):
             x = next_logits(prompt).float()
             lp = x - torch.logsumexp(x, 0) if values == "raw_logprobs" else x
-            ids = range(V) if k < 0 else lp.topk(k).indices.tolist()
+            ids = range(V) if k < 0 else lp.topk(min(k, lp.numel())).indices.tolist()
             top = {f"token_id:{j}": float(lp[j]) for j in ids}
             choices.append({"index": i, "text": "", "logprobs": {"tokens": ["token_id:1"], "token_logprobs": [0.0],
                                                                  "top_logprobs": [top] if logprobs else None}})
@@ -319,3 +319,36 @@ def test_a_llama_cpp_server_is_driven_through_its_own_completion_endpoint():
     assert outcome(run(lm, greedy)) == outcome(run(fake_lm(chatty(V), PIECES), greedy))
     penalised = run(lm, SamplingParams.build(seed=4, max_tokens=3, repetition_penalty=1.2))
     assert all(s.approximate == ("repetition_penalty",) for s in penalised.completions[0])
+
+
+def llama_server_openai(next_logits):
+    """llama.cpp's llama-server as it answers /v1/completions (checked against a real build): a token
+    prompt, no logprobs for `logprobs: -1`, and for `logprobs: K` the chat form with token ids."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "model.gguf"}]})
+        if request.url.path == "/apply-template":
+            return httpx.Response(200, json={"prompt": "".join(m["content"] for m in json.loads(request.content)["messages"])})
+        if request.url.path != "/v1/completions":
+            return httpx.Response(404, json={"error": {"message": "not found"}})
+        body = json.loads(request.content)
+        prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
+        choices = []
+        for i, prompt in enumerate(prompts):
+            lp = torch.log_softmax(next_logits(prompt).float(), 0)
+            k = body["logprobs"]
+            top = None if k < 0 else [{"id": j, "token": "?", "bytes": [], "logprob": float(lp[j])}
+                                      for j in lp.topk(min(k, lp.numel())).indices.tolist()]
+            choices.append({"index": i, "text": "", "logprobs": None if top is None else
+                            {"content": [{"id": 0, "token": "?", "logprob": 0.0, "top_logprobs": top}]}})
+        return httpx.Response(200, json={"choices": choices})
+
+    return httpx.MockTransport(handle)
+
+
+def test_llama_servers_openai_endpoint_gives_the_whole_vocabulary_asked_by_its_size_and_draws_as_local_mode():
+    lm = connect("http://llama", "model.gguf", tokenizer_object=FakeTokenizer(PIECES), transport=llama_server_openai(chatty(V)))
+    assert lm.mode == "exact" and lm.server.vocab_ask and lm.template_from_server == "apply-template"
+    params = SamplingParams.build(seed=4, max_tokens=6, temperature=0.9, top_k=5)
+    assert run(lm, params).texts == run(fake_lm(chatty(V), PIECES), params).texts
