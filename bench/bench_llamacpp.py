@@ -74,10 +74,10 @@ def main() -> None:
         print(f"connected: {lm.name} ({lm.server.dialect} dialect, context {lm.context_length})", flush=True)
         prompt = lm.encode_chat(MESSAGES)
         gen = Generation(lm, prompt, SamplingParams.build(temperature=0.0, max_tokens=args.tokens, seed=1))
-        t0 = time.perf_counter()
+        t0, received = time.perf_counter(), lm.server.received
         for _ in gen:
             pass
-        remote_s = time.perf_counter() - t0
+        remote_s, received = time.perf_counter() - t0, lm.server.received - received
         mine = [s.token_id for s in gen.completions[0]]
         t0 = time.perf_counter()
         own = httpx.post(url + "/completion", json={"prompt": prompt, "n_predict": len(mine), "temperature": 0.0,
@@ -86,7 +86,7 @@ def main() -> None:
         own_s = time.perf_counter() - t0
         theirs = own.get("tokens") or []
         print(f"playground's step loop on llama-server: {len(mine)} tokens in {remote_s:.2f} s "
-              f"({len(mine) / remote_s:.1f} tok/s)\n  {gen.texts[0]!r}")
+              f"({len(mine) / remote_s:.1f} tok/s, {received / max(len(mine), 1) / 2**20:.1f} MiB a step)\n  {gen.texts[0]!r}")
         print(f"llama-server's own greedy:               {len(theirs)} tokens in {own_s:.2f} s "
               f"({len(theirs) / max(own_s, 1e-9):.1f} tok/s)\n  {own.get('content', '')!r}")
         same = mine == theirs[: len(mine)]
