@@ -27,12 +27,12 @@ store: the chat endpoint and the UI always prefill, so their seed contract is un
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from engine.lru import ByteLRU
 
 
 @dataclass(frozen=True)
@@ -45,25 +45,20 @@ class Entry:
         return sum(k.nbytes + v.nbytes for k, v in self.layers) + self.logits.nbytes
 
 
-class KVStore:
+class KVStore(ByteLRU[tuple[int, ...], Entry]):
     def __init__(self, max_bytes: int = 256 * 2**20):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[int, ...], Entry] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        super().__init__(max_bytes)
 
     def resume(self, ids: list[int]) -> tuple[int, object | None, torch.Tensor | None]:
         """(tokens already in the cache, the cache, the logits when the whole of `ids` is in) for the
         longest kept sequence that `ids` starts with; (0, None, None) when there is none."""
         from transformers.cache_utils import DynamicCache
 
-        with self._lock:
-            best = max((key for key in self._items if len(key) <= len(ids) and tuple(ids[: len(key)]) == key),
-                       key=len, default=None)
-            if best is None:
-                return 0, None, None
-            self._items.move_to_end(best)
-            entry = self._items[best]
+        best = max((key for key in self.keys() if len(key) <= len(ids) and tuple(ids[: len(key)]) == key),
+                   key=len, default=None)
+        entry = None if best is None else self.get(best)
+        if entry is None:  # none, or let go since the keys were read
+            return 0, None, None
         # DynamicCache copies what it is given into tensors of its own (update concatenates).
         cache = DynamicCache(ddp_cache_data=list(entry.layers))
         return len(best), cache, entry.logits if len(best) == len(ids) else None
@@ -75,28 +70,7 @@ class KVStore:
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             return
-        self._put(ids, Entry(tuple((layer.keys, layer.values) for layer in layers), logits))
-
-    def _put(self, ids: list[int], entry: Entry) -> None:
-        if entry.nbytes > self.max_bytes:
-            return
-        key = tuple(ids)
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._items[key] = entry
-            self._bytes += entry.nbytes
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.nbytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
+        self.put(tuple(ids), Entry(tuple((layer.keys, layer.values) for layer in layers), logits))
 
 
 def step_together(lm, store: KVStore, prompts: list[list[int]]) -> int:
@@ -140,5 +114,5 @@ def step_together(lm, store: KVStore, prompts: list[list[int]]) -> int:
     for b, ((ids, _), n) in enumerate(zip(rows, lengths)):
         own = tuple((layer.keys[b : b + 1, :, W - n :].clone(), layer.values[b : b + 1, :, W - n :].clone())
                     for layer in cache.layers)  # its own columns, without the padding
-        store._put(ids, Entry(own, logits[b : b + 1].clone()))
+        store.put(tuple(ids), Entry(own, logits[b : b + 1].clone()))
     return len(rows)

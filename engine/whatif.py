@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 
 from engine.context import SamplerContext
 from engine.dry import dry_breakers, uses_dry
+from engine.lru import ByteLRU
 from engine.rng import uniform
 from engine.sampler import draw, learn, run_pipeline
 from engine.trace import Step, record
@@ -66,40 +65,12 @@ def snapshot_key(model: str, prompt_ids: list[int], earlier: list[int], extras: 
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-class Snapshots:
-    """A thread-safe LRU of snapshots bounded in bytes (one is 4 bytes per vocabulary entry: 196 KB for
-    SmolLM2), shared by every session: a step's logits are the same whoever selects it."""
+class Snapshots(ByteLRU[str, Snapshot]):
+    """The snapshot cache (one is 4 bytes per vocabulary entry: 196 KB for SmolLM2), shared by every
+    session: a step's logits are the same whoever selects it."""
 
     def __init__(self, max_bytes: int = 256 * 2**20):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, Snapshot] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Snapshot | None:
-        with self._lock:
-            snap = self._items.get(key)
-            if snap is not None:
-                self._items.move_to_end(key)
-            return snap
-
-    def put(self, key: str, snap: Snapshot) -> None:
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._items[key] = snap
-            self._bytes += snap.nbytes
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.nbytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
+        super().__init__(max_bytes)
 
 
 def resample(
