@@ -3,7 +3,7 @@
     backend = lm.new_rows()                       # chosen once, by the model (local, or a remote server)
     joining = backend.prefill(job, chunk)         # .advance() until True; then .cache and .logits (1, V)
     backend.join(job, joining.cache, n)           # the job's n rows come last in the batch
-    logits = backend.forward(tokens)              # (B,) drawn tokens in, (B, V) float32 next logits out
+    logits = backend.forward(tokens, wants)       # (B,) drawn tokens in, (B, V) float32 next logits out
     backend.keep([0, 2])                          # only these rows stay (rows that finished leave)
 
 `engine/batch.py`'s Batch holds one and does everything per row itself (histories, the pipeline, the
@@ -17,11 +17,17 @@ Two capabilities only some backends have are methods every backend answers, so n
 `approximate` (which stages of a step depended on values the backend does not know: a server's top K)
 and `redraw` (a draw that landed in the unknown rest of the vocabulary is drawn again within the known
 tokens). A local model answers "none" to both.
+
+What a row's next step needs beyond the top of its distribution (a grammar's allowed set, a thinking
+budget's forced token, logit_bias ids) comes with `forward` as `wants(b)`, a lazy per-row callback: a
+backend that knows only some tokens' values (a server's top K that can be asked for given ids) calls it
+and fetches those; a local model never calls it. The batch computes a row's allowed set once a step, so
+asking costs no second grammar computation. A prefill finds its job's first wants itself.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
@@ -58,8 +64,10 @@ class Rows(Protocol):
 
     def leave_all(self) -> None: ...
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each row's last drawn token (B,) appended; returns the rows' next logits (B, V) float32."""
+    def forward(self, tokens: torch.Tensor, wants: Callable[[int], torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Each row's last drawn token (B,) appended; returns the rows' next logits (B, V) float32.
+        wants(b): (k,) int64 ids whose values row b's next step needs (None: any), for a backend that may
+        not know every logit; asking is optional, and costs the batch the row's allowed set only once."""
 
     def approximate(self, stages: list[tuple[str, torch.Tensor]], members: list[int]) -> list[tuple[str, ...]]:
         """Per member row (its batch index), the names of the stages whose output depended on logits this

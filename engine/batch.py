@@ -58,6 +58,25 @@ class Row:
     state: RowState
     position: int  # position in the completion of the token this row draws next
     forced: list[int] = field(default_factory=list)  # prefix tokens still to feed one step at a time
+    mask: torch.Tensor | None = None  # (V,) bool: the tokens allowed at position `mask_at` (None: any)
+    mask_at: int = -1
+
+    def allowed(self, vocab_size: int) -> torch.Tensor | None:
+        """This step's allowed tokens (RowState.allowed), computed once a step: a backend may ask for them
+        before the forward pass (`wants`), and the draw takes the same mask, grammar work and `graded` flag."""
+        if self.mask_at != self.position:
+            self.mask, self.mask_at = self.state.allowed(vocab_size), self.position
+        return self.mask
+
+
+def wanted_ids(job: "Generation", mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(k,) int64: the tokens a row of `job` needs the values of this step, whose allowed set is `mask`: that
+    set (a grammar's, or a thinking budget's forced token) and the job's logit_bias ids; None: any values do.
+    For a backend that knows only some tokens' values (a server's top K), which asks for these."""
+    parts = [mask.nonzero().squeeze(1)] if mask is not None else []
+    if job.params.logit_bias:
+        parts.append(torch.tensor([t for t, _ in job.params.logit_bias], dtype=torch.long))
+    return torch.cat(parts) if parts else None
 
 
 @dataclass
@@ -176,8 +195,9 @@ class LocalRows:
     def leave_all(self) -> None:
         self._clear()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each row's token (B,) through the model: the rows' next logits (B, V) float32."""
+    def forward(self, tokens: torch.Tensor, wants=None) -> torch.Tensor:
+        """Each row's token (B,) through the model: the rows' next logits (B, V) float32. `wants` is not
+        asked: every logit is computed."""
         self.mask = F.pad(self.mask, (0, 1), value=True)
         ragged = attention.groups([n + 1 for n in self._lengths]) if len(self._lengths) > 1 else None
         if ragged is None:  # every row as long as the cache: no padding at all
@@ -325,7 +345,15 @@ class Batch:
         if self.pending is None or not self.rows:
             return
         tokens, self.pending = self.pending, None
-        self.logits = self.backend.forward(tokens)  # (B, V) float32
+        self.logits = self.backend.forward(tokens, self._wants)  # (B, V) float32
+
+    def _wants(self, b: int) -> torch.Tensor | None:
+        """The ids row b needs the values of at the step after this forward pass (`wanted_ids`); None for a
+        row that feeds a given token then. Only a backend that knows some tokens' values asks."""
+        row = self.rows[b]
+        if row.forced:
+            return None
+        return wanted_ids(row.job, row.allowed(self.lm.vocab_size) if row.job.constrained else None)
 
     def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"], dict["Generation", Exception]]:
         """Draw a token for every row, record it, and let finished rows leave. Returns the steps made for
@@ -478,7 +506,7 @@ class Batch:
 
     def _allowed(self, rows: list[Row]) -> torch.Tensor | None:
         V = self.lm.vocab_size
-        masks = [row.state.allowed(V) for row in rows]
+        masks = [row.allowed(V) for row in rows]
         if all(m is None for m in masks):
             return None
         full = torch.ones(V, dtype=torch.bool)

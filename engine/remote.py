@@ -21,8 +21,18 @@ Two modes, found when connecting (`connect` probes the server once):
   (1 - the top K's) spread evenly over the other tokens, which keeps every tail token below the least
   known one, as the true tail is. `approximate_stages` marks, per step, the stages whose result depended on
   how that mass is really spread; a draw that lands in the rest is drawn again within the known tokens
-  with the same uniform (`redraw_known`), and the step says so. Grammars and thinking budgets (which may
-  need tokens outside the top K) are refused on such a server.
+  with the same uniform (`redraw_known`), and the step says so.
+
+Tokens outside the top K that a step needs (a grammar's allowed set, a thinking budget's forced token, a
+job's logit_bias ids: `wants`, engine/backend.py) are asked for where the server can: vLLM's
+`logprob_token_ids` reports given ids' values instead of the top K (at most 128 ids a request; `connect`
+checks that the server honours it). After each step's request, the ids rows want and did not get go in
+follow-up requests of at most 128 ids, each carrying only the rows that miss some of them, at most
+EXTRA_ASKS a step; a row whose missing ids would not fit keeps them in the rest (its constraint stage is
+then marked approximate, and the constraint masks the rest too: a forbidden token is never drawn). The
+rest's ceiling stays the least top-K value, never an asked-for one (which may lie far below the true
+tail). Where the server cannot be asked (an older vLLM, llama.cpp, a provider), grammars and thinking
+budgets are refused on a top-K server, and a logit_bias on a tail token stays approximate.
 
 A llama.cpp server, whose /v1/completions gives no logprobs over token prompts, is driven through its own
 `/completion` (a token prompt, `n_probs` as large as the vocabulary, the raw softmax before its samplers)
@@ -48,6 +58,7 @@ import numpy as np
 import torch
 
 from engine import remote_vocab
+from engine.batch import wanted_ids
 from engine.context import NEG_INF
 from engine.knob import ParamError
 from engine.model import LoadedModel
@@ -58,8 +69,10 @@ if TYPE_CHECKING:
 
 KEY_ENV = "PLAYGROUND_REMOTE_KEY"  # the key is read from here, never from the command line
 TIMEOUT_ENV = "PLAYGROUND_REMOTE_TIMEOUT"  # seconds a step may wait for the server (default 60)
-PROBE_LOGPROBS = (-1, 20, 5)
-MINUS_INF_JSON = -9999.0  # how vLLM and OpenAI write a -inf log-probability in JSON  # asked for in turn when connecting: the whole vocabulary first
+PROBE_LOGPROBS = (-1, 20, 5)  # asked for in turn when connecting: the whole vocabulary first
+MINUS_INF_JSON = -9999.0  # how vLLM and OpenAI write a -inf log-probability in JSON
+MAX_TOKEN_IDS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS: logprob_token_ids a request
+EXTRA_ASKS = 8  # follow-up requests a step may make for tokens outside the top K (8 x 128 = 1024 ids)
 # Stages that add to some logits and keep every token possible: exact while they leave the unknown tail alone.
 ADDITIVE = frozenset({"logit_bias", "presence_frequency", "dry", "repetition_penalty"})
 # Truncations whose cut, once it leaves no unknown token alive, is exactly where the whole vocabulary puts it:
@@ -79,46 +92,84 @@ class RemoteError(RuntimeError):
 # --- turning an answer into logits ----------------------------------------------------------------------
 
 
-def dense_logits(entries: list[tuple[np.ndarray, np.ndarray]], V: int, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, V) float32 logits, and (B, V) bool `known` (None when every row got the whole vocabulary), from
-    each row's (ids, values). Where a row got fewer than V values, the rest of the mass (for log-probability
-    values: 1 - the known tokens') is spread evenly over the unknown tokens, never above the least known;
-    raw logits carry no total, so their rest gets nothing."""
+Entries = list[tuple[np.ndarray, np.ndarray]]  # per row: (ids, values) as the server sent them
+
+
+def dense_logits(entries: Entries, V: int, logprobs: bool, k: int | None = None,
+                 extras: list[tuple[np.ndarray, np.ndarray] | None] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(B, V) float32 logits, (B, V) bool `known` (None when every row got the whole vocabulary), and (B, V)
+    bool `top`, the known tokens that are the server's top K (None: all the known ones), from each row's
+    (ids, values). k: the top's size (None: every entry is of it; a row's entries beyond its k highest are
+    the sampled token vLLM adds); extras: per row, more (ids, values) asked for by id (logprob_token_ids).
+    Where a row got fewer than V values, the rest of the mass (for log-probability values: 1 - the known
+    tokens') is spread evenly over the unknown tokens, never above the least top-K value (the true tail lies
+    below it; an asked-for token may lie far below the tail); raw logits carry no total, so their rest gets
+    nothing."""
     B = len(entries)
     logits = torch.full((B, V), NEG_INF, dtype=torch.float32)
     known = torch.zeros(B, V, dtype=torch.bool)
+    top = torch.zeros(B, V, dtype=torch.bool)
     for b, (ids, values) in enumerate(entries):
         inside = ids < V
         ids_t = torch.from_numpy(ids[inside].astype(np.int64))
-        logits[b, ids_t] = torch.from_numpy(values[inside].astype(np.float32))
+        values_t = torch.from_numpy(values[inside].astype(np.float32))
+        logits[b, ids_t] = values_t
         known[b, ids_t] = True
+        top[b, ids_t if k is None or len(ids_t) <= k else ids_t[values_t.topk(k).indices]] = True
+        if extras is not None and extras[b] is not None:
+            more, more_values = extras[b]
+            more_t = torch.from_numpy(more[more < V].astype(np.int64))
+            fresh = ~known[b, more_t]  # (m,) a top-K value stays as the top K's request gave it
+            logits[b, more_t[fresh]] = torch.from_numpy(more_values[more < V].astype(np.float32))[fresh]
+            known[b, more_t] = True
     if bool(known.all()):
-        return logits, None
+        return logits, None, None
     for b in range(B):
         unknown = int((~known[b]).sum())
         if not unknown or not logprobs:
             continue
-        top = logits[b][known[b]].double()  # (k,)
-        rest = 1.0 - float(top.exp().sum())
+        rest = 1.0 - float(logits[b][known[b]].double().exp().sum())
         if rest <= 0.0:
             continue
-        share = min(math.log(rest / unknown), float(top.min()))  # the true tail lies below the least known
+        share = min(math.log(rest / unknown), float(logits[b][top[b]].min()))  # the true tail lies below the least top-K value
         logits[b].masked_fill_(~known[b], share)
-    return logits, known
+    return logits, known, None if torch.equal(top, known) else top
 
 
-def approximate_stages(stages: list[tuple[str, torch.Tensor]], known: torch.Tensor | None, signed: bool) -> list[tuple[str, ...]]:
+def extra_asks(missing: list[np.ndarray | None], per_ask: int = MAX_TOKEN_IDS, asks: int = EXTRA_ASKS,
+               ) -> list[tuple[np.ndarray, list[int]]]:
+    """The follow-up requests that give rows the token ids they want but did not get: [(ids, rows)], at most
+    `asks` of at most `per_ask` ids (the union over rows, in id order), each for the rows that miss some of
+    its ids. missing: per row, (m,) int64 ids (None or empty: nothing). Rows are taken in order while the
+    union fits; a row whose ids would not fit gets none of them (its step stays approximate: a grammar that
+    allows thousands of tokens, inside a JSON string, gains nothing from a part of them)."""
+    room = per_ask * asks
+    union, served = np.zeros(0, dtype=np.int64), []
+    for r, m in enumerate(missing):
+        if m is None or not m.size:
+            continue
+        grown = np.union1d(union, m)
+        if grown.size <= room:
+            union, served = grown, served + [r]
+    chunks = [union[i : i + per_ask] for i in range(0, union.size, per_ask)]
+    return [(c, [r for r in served if np.isin(missing[r], c).any()]) for c in chunks]
+
+
+def approximate_stages(stages: list[tuple[str, torch.Tensor]], known: torch.Tensor | None, signed: bool,
+                       top: torch.Tensor | None = None) -> list[tuple[str, ...]]:
     """Per row, the stages (by name) whose output depends on what the server did not send.
 
     stages: [(name, (B, V) logits)] as run_pipeline made them, stages[0] raw; known: (B, V) bool, the tokens
     the server sent (None: all); signed: the values are raw logits (False: log-probabilities, which lost the
-    sign the repetition penalty reads). The rules, with the tail = the unknown tokens:
+    sign the repetition penalty reads); top: (B, V) bool, the known tokens of its top K (None: every known
+    one; tokens asked for by id are known but not of it). The rules, with the tail = the unknown tokens:
     - once a stage is approximate, every later one is (its input is);
     - with no tail token alive in its input, a stage is exact (the distribution is wholly known);
     - additive edits (bias, penalties, DRY) are exact while they change no tail token;
     - a truncation that keeps the most likely tokens (top-k, top-p, a grammar, temperature 0) is exact when
-      no tail token survives it; other truncations (min-p, XTC, mirostat) also need the least known token
-      gone (a true tail token may weigh up to it);
+      no tail token survives it; other truncations (min-p, XTC, mirostat) also need the least top-K token
+      gone (a true tail token may weigh up to it, and above a token asked for by id);
     - temperature (other than 0), typical-p and top-n-sigma reshape or measure the whole distribution:
       approximate while the tail lives.
     Raw logits of a top K carry no total: the rest's mass is unknown, so every stage that ran is approximate.
@@ -150,7 +201,7 @@ def approximate_stages(stages: list[tuple[str, torch.Tensor]], known: torch.Tens
         elif name in TOP_CUTS:
             bad = alive_out
         else:
-            least = prev.masked_fill(~known, float("inf")).argmin(dim=-1, keepdim=True)  # (B, 1)
+            least = prev.masked_fill(~(known if top is None else top), float("inf")).argmin(dim=-1, keepdim=True)  # (B, 1)
             bad = alive_out | (alive_in & (x.gather(1, least) > NEG_INF).squeeze(1))
         inexact |= bad
         for r in inexact.nonzero().squeeze(1).tolist():
@@ -227,14 +278,16 @@ class Server:
             raise RemoteError(f"the server at {self.url} answered {method} {path} with {status}: {_message(data)}")
         return data
 
-    def completions(self, model: str, prompts: list[list[int]], logprobs: int, vocab: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per prompt, the (ids, values) of the next position's top `logprobs` (-1: every one of `vocab` tokens)."""
+    def completions(self, model: str, prompts: list[list[int]], logprobs: int, vocab: int,
+                    token_ids: list[int] | None = None) -> Entries:
+        """Per prompt, the (ids, values) of the next position's top `logprobs` (-1: every one of `vocab` tokens);
+        with token_ids, those ids' values instead (vLLM's logprob_token_ids, at most 128), and the sampled token's."""
         if self.dialect == "llama.cpp":
             return [self.llama_probs(prompt, vocab if logprobs < 0 else logprobs) for prompt in prompts]
         data = self.get("/v1/completions", {
             "model": model, "prompt": prompts, "max_tokens": 1, "logprobs": vocab if logprobs < 0 and self.vocab_ask else logprobs,
             "return_tokens_as_token_ids": True, "temperature": 1.0, "top_p": 1.0, "n": 1, "stream": False,
-            **self._format(),
+            **({"logprob_token_ids": token_ids} if token_ids else {}), **self._format(),
         })
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != len(prompts):
@@ -322,6 +375,9 @@ class RemoteModel(LoadedModel):
     signed: bool = True  # the server sends raw logits (False: log-probabilities)
     template_from_server: str = ""  # "tokenize" (with messages: vLLM, this playground), "apply-template" (llama.cpp), or ""
     detokenised: bool = False  # the vocabulary's strings came from the server's /detokenize (no local tokenizer)
+    token_ids: bool = False  # a top-K server that reports given ids' values (vLLM's logprob_token_ids)
+    ids_per_ask: int = MAX_TOKEN_IDS
+    extra_asks: int = EXTRA_ASKS
     computes_here = False
 
     def token_text(self, token_id: int) -> str:
@@ -348,10 +404,35 @@ class RemoteModel(LoadedModel):
     def new_rows(self) -> "RemoteRows":
         return RemoteRows(self)
 
-    def next_logits(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next-token logits (B, V) float32 of each token prompt, and which are known (None: all)."""
+    @property
+    def asks_ids(self) -> bool:
+        """Tokens outside the top K can be asked for by id (a top-K server with logprob_token_ids)."""
+        return self.token_ids and self.logprobs >= 0
+
+    def next_logits(self, prompts: list[list[int]], wants=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The next-token logits (B, V) float32 of each token prompt, which are known (None: all) and which of
+        those are the top K (None: all known). wants(b): the ids whose values row b needs (engine/backend.py),
+        asked for beyond the top K where the server can."""
         entries = self.server.completions(self.remote_name, prompts, self.logprobs, self.vocab_size)
-        return dense_logits(entries, self.vocab_size, logprobs=not self.signed)
+        extras = self._extras(prompts, entries, wants) if wants is not None and self.asks_ids else None
+        return dense_logits(entries, self.vocab_size, logprobs=not self.signed,
+                            k=self.logprobs if self.logprobs >= 0 else None, extras=extras)
+
+    def _extras(self, prompts: list[list[int]], entries: Entries, wants) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per row, the values of the ids it wants and the top K did not give (None: none), from follow-up
+        requests with logprob_token_ids (`extra_asks`)."""
+        missing = []
+        for b, (ids, _) in enumerate(entries):
+            wanted = wants(b)
+            missing.append(None if wanted is None else np.setdiff1d(wanted.numpy(), ids))
+        extras: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(prompts)
+        for chunk, rows in extra_asks(missing, self.ids_per_ask, self.extra_asks):
+            got = self.server.completions(self.remote_name, [prompts[r] for r in rows], self.logprobs,
+                                          self.vocab_size, token_ids=chunk.tolist())
+            for r, (ids, values) in zip(rows, got):
+                extras[r] = (ids, values) if extras[r] is None else \
+                    (np.concatenate([extras[r][0], ids]), np.concatenate([extras[r][1], values]))
+        return extras
 
     def encode_chat(self, messages: list[dict], **template_kwargs) -> list[int]:
         """The server's own chat template where it offers one (/tokenize with messages), else the tokenizer's."""
@@ -374,6 +455,7 @@ class _Prompt:
 
     ids: list[int]
     known: torch.Tensor | None  # (1, V) bool, None: all
+    top: torch.Tensor | None = None  # (1, V) bool, the known tokens of the server's top K; None: all known
 
 
 class RemotePrefill:
@@ -387,13 +469,23 @@ class RemotePrefill:
         self.logits: torch.Tensor | None = None
 
     def advance(self) -> bool:
-        if self.lm.logprobs >= 0 and self.job.constrained:
-            raise ParamError("model", f"{self.lm.name} sends only its top {self.lm.logprobs} tokens a step, so a grammar "
-                             "(tools, response_format) or a thinking budget could need a token whose value it never "
-                             "sends; connect to a server that returns the whole vocabulary (vLLM: --max-logprobs -1)")
-        logits, known = self.lm.next_logits([self.ids])
-        self.cache, self.logits, self.done = _Prompt(list(self.ids), known), logits, len(self.ids)
+        if self.lm.logprobs >= 0 and self.job.constrained and not self.lm.token_ids:
+            raise ParamError("model", f"{self.lm.name} sends only its top {self.lm.logprobs} tokens a step and cannot be "
+                             "asked for given token ids, so a grammar (tools, response_format) or a thinking budget "
+                             "could need a token whose value it never sends; connect to a vLLM that honours "
+                             "logprob_token_ids, or to a server that returns the whole vocabulary (vLLM: "
+                             "--max-logprobs -1)")
+        logits, known, top = self.lm.next_logits([self.ids], self._wants)
+        self.cache, self.logits, self.done = _Prompt(list(self.ids), known, top), logits, len(self.ids)
         return True
+
+    def _wants(self, b: int) -> torch.Tensor | None:
+        """The first step's wants (engine/backend.py), from the job's fresh row state; every row of the job
+        starts alike. A replay's first token is given: it wants none."""
+        job = self.job
+        if job.replay_prefix:
+            return None
+        return wanted_ids(job, job.row_state(0).allowed(self.lm.vocab_size) if job.constrained else None)
 
 
 class RemoteRows:
@@ -407,6 +499,7 @@ class RemoteRows:
     def leave_all(self) -> None:
         self.ids: list[list[int]] = []
         self.known: torch.Tensor | None = None  # (B, V) bool for the logits last given; None: all known
+        self.top: torch.Tensor | None = None  # (B, V) bool, the known ones of the server's top K; None: all known
 
     @property
     def width(self) -> int:
@@ -419,25 +512,35 @@ class RemoteRows:
         return True
 
     def join(self, job: "Generation", cache: _Prompt, n: int) -> None:
-        if cache.known is not None:
-            mine = self.known if self.known is not None else torch.ones(len(self.ids), self.lm.vocab_size, dtype=torch.bool)
-            self.known = torch.cat([mine, cache.known.expand(n, -1)])
+        B, V = len(self.ids), self.lm.vocab_size
+
+        def rows(mask: torch.Tensor | None, count: int) -> torch.Tensor:  # (count, V) bool; None: all
+            return torch.ones(count, V, dtype=torch.bool) if mask is None else mask.expand(count, -1)
+
+        if self.top is not None or cache.top is not None:  # before `known` changes: top None means "as known"
+            mine = self.top if self.top is not None else self.known
+            self.top = torch.cat([rows(mine, B), rows(cache.top if cache.top is not None else cache.known, n)])
+        if self.known is not None or cache.known is not None:
+            self.known = torch.cat([rows(self.known, B), rows(cache.known, n)])
         self.ids += [list(cache.ids) for _ in range(n)]
 
     def keep(self, keep: list[int]) -> None:
         self.ids = [self.ids[b] for b in keep]
         if self.known is not None:
             self.known = self.known[keep]
+        if self.top is not None:
+            self.top = self.top[keep]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, wants=None) -> torch.Tensor:
         for row, token in zip(self.ids, tokens.tolist()):
             row.append(token)
-        logits, self.known = self.lm.next_logits(self.ids)
+        logits, self.known, self.top = self.lm.next_logits(self.ids, wants)
         return logits
 
     def approximate(self, stages: list[tuple[str, torch.Tensor]], members: list[int]) -> list[tuple[str, ...]]:
         known = None if self.known is None else self.known[members]
-        return approximate_stages(stages, known, self.lm.signed)
+        top = None if self.top is None else self.top[members]
+        return approximate_stages(stages, known, self.lm.signed, top)
 
     def redraw(self, final: torch.Tensor, chosen: torch.Tensor, u: torch.Tensor, greedy: torch.Tensor,
                members: list[int]) -> list[bool]:
@@ -532,12 +635,27 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
     context = context if context < 10**7 else 4096  # a tokenizer without a limit says 1e30
     lm = RemoteModel(model=None, tokenizer=tok, name="", device=torch.device("cpu"), dtype=torch.float32,
                      context_length=context, eos_ids=frozenset(eos), vocab_size=V, source=f"remote {url}",
-                     server=server, remote_name=model, logprobs=logprobs, signed=signed)
+                     server=server, remote_name=model, logprobs=logprobs, signed=signed,
+                     token_ids=not whole and server.dialect == "openai" and _honours_token_ids(server, model, probe, logprobs, ids, V))
     lm.name = f"{model} · remote · {lm.mode}"
     lm.detokenised = tokenizer_object is None and isinstance(tok, remote_vocab.VocabTokenizer)
     lm.template_from_server = _has_chat_tokenize(server, model)
     lm.load_seconds = time.perf_counter() - start
     return lm
+
+
+def _honours_token_ids(server: Server, model: str, probe: list[list[int]], logprobs: int, sent: np.ndarray, V: int) -> bool:
+    """Whether a top-K server reports given ids' values (vLLM's logprob_token_ids): asked for two ids its top K
+    did not hold, both come back. A server that ignores the field sends its top K, and its sampled token can
+    be at most one of them; one that refuses unknown fields answers 400."""
+    outside = np.setdiff1d(np.arange(V), sent)[:2].tolist()
+    if len(outside) < 2:
+        return False
+    try:
+        (got,) = server.completions(model, probe, logprobs, V, token_ids=outside)
+    except RemoteError:
+        return False
+    return set(outside) <= set(got[0].tolist())
 
 
 def _has_chat_tokenize(server: Server, model: str) -> str:

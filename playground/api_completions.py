@@ -17,9 +17,16 @@ vLLM, never the request: raw_logprobs (default) and raw_logits are the model's o
 penalties, temperature and truncation; processed_logprobs and processed_logits are those of the final
 distribution, the one the token was drawn from (-inf for tokens a truncation removed: -9999.0 in JSON).
 
+`logprob_token_ids: [ids]` (vLLM, PR #43463) reports exactly those ids' values at every position instead
+of the natural top K (in the order given, duplicates dropped), plus the chosen token's as always; it still
+needs `logprobs` set (its count no longer matters), holds at most 128 ids, and is not capped by
+--max-logprobs. A remote playground asks for it to learn the values of tokens outside a server's top K that
+a grammar, a thinking budget or a logit_bias needs (engine/remote.py).
+
 Extension: `logprobs_format: "base64_float32"` replaces top_logprobs with `top_logprobs_base64`, one
 {"ids", "values"} per token: the K values as little-endian float32 in token-id order, base64, and their
-ids as little-endian int32 (null when K is the whole vocabulary: then value i is token i's). SmolLM2's
+ids as little-endian int32 (null when K is the whole vocabulary: then value i is token i's); with
+logprob_token_ids, those ids in the order given. SmolLM2's
 whole vocabulary is 0.8 to 1.3 MB of JSON per token, 263 KB as base64.
 
 Each (prompt, completion) runs as its own one-row job of the shared decode loop, with the completion's
@@ -65,6 +72,7 @@ from playground.models import ModelHost
 from playground.schema import Message, StreamOptions, _knob_field, _Wire
 
 LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
+MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's limit on logprob_token_ids (vllm/sampling_params.py)
 DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's completions default (the chat endpoint's is "until the context is full")
 
 
@@ -82,6 +90,9 @@ class CompletionRequest(_Knobs, _Wire):
     logprobs: int | None = Field(None, description="Return the chosen token's value and the top K values of each "
                                  "position; capped by the server's --max-logprobs; -1: the whole vocabulary (needs "
                                  "--max-logprobs -1). What the values are is the server's --logprobs-mode.")
+    logprob_token_ids: list[int] | None = Field(
+        None, description=f"Report these token ids' values (at most {MAX_LOGPROB_TOKEN_IDS}) instead of the top K at "
+        "each position, plus the chosen token's (vLLM); needs logprobs set, whose count then does not matter.")
     return_tokens_as_token_ids: bool | None = Field(None, description="Name tokens 'token_id:123' instead of by their text (vLLM).")
     logprobs_format: Literal["json", "base64_float32"] | None = Field(
         None, description="Playground extension: base64_float32 sends the top values as base64 float32 in token-id "
@@ -102,6 +113,7 @@ class Plan:
     params: SamplingParams  # with n = 1 and a fixed seed: each (prompt, i) is its own job
     n: int
     top: int | None  # None: no logprobs; else how many top values (V: all of them)
+    token_ids: np.ndarray | None  # (k,) int64 logprob_token_ids, in the order given without repeats; None: the top
     as_ids: bool
     binary: bool
     id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
@@ -127,8 +139,23 @@ def plan(req: CompletionRequest, lm: LoadedModel, max_logprobs: int) -> Plan:
     prompts = [tokens(lm, p, req.add_special_tokens is not False, f"prompt[{k}]" if k is not None else "prompt")
                for k, p in _prompt_list(req.prompt)]
     return Plan(prompts, params.with_(n=1, seed=params.seed if params.seed is not None else secrets.randbits(63)),
-                params.n, top_count(req.logprobs, max_logprobs, V), bool(req.return_tokens_as_token_ids),
-                req.logprobs_format == "base64_float32")
+                params.n, top_count(req.logprobs, max_logprobs, V), token_ids(req.logprob_token_ids, req.logprobs, V),
+                bool(req.return_tokens_as_token_ids), req.logprobs_format == "base64_float32")
+
+
+def token_ids(ids: list[int] | None, logprobs: int | None, V: int) -> np.ndarray | None:
+    """logprob_token_ids checked as vLLM checks them (empty: the natural top K), repeats dropped."""
+    if not ids:
+        return None
+    param = "logprob_token_ids"
+    if logprobs is None:
+        raise ParamError(param, f"{param} needs logprobs set (any count: the values reported are those ids')")
+    if len(ids) > MAX_LOGPROB_TOKEN_IDS:
+        raise ParamError(param, f"{param} holds at most {MAX_LOGPROB_TOKEN_IDS} ids; got {len(ids)}")
+    bad = next((t for t in ids if not 0 <= t < V), None)
+    if bad is not None:
+        raise ParamError(param, f"{param}: token id {bad} is outside the vocabulary [0, {V - 1}]")
+    return np.array(list(dict.fromkeys(ids)), dtype=np.int64)
 
 
 def _prompt_list(prompt) -> list[tuple[int | None, str | list[int]]]:
@@ -193,8 +220,10 @@ class Reporter:
     Processed values run the pipeline again on the raw logits with the row's history and the stateful
     stages' memory, exactly as the decode loop ran it (engine/whatif.py does the same for one step)."""
 
-    def __init__(self, gen: Generation, mode: str, k: int, id_order: bool):
+    def __init__(self, gen: Generation, mode: str, k: int, id_order: bool, token_ids: np.ndarray | None = None):
+        """token_ids: report these ids' values instead of the top k (logprob_token_ids)."""
         self.gen, self.mode, self.k, self.id_order = gen, mode, k, id_order
+        self.token_ids = None if token_ids is None else torch.from_numpy(token_ids)
         self.tops: list[Top] = []
         self._pipeline = None  # (seen, counts, bias, history, memory) once a processed mode needs it
 
@@ -211,6 +240,8 @@ class Reporter:
         return made
 
     def _top(self, x: torch.Tensor, token: int) -> Top:
+        if self.token_ids is not None:
+            return Top(float(x[token]), self.token_ids.numpy().astype(np.int32), x[self.token_ids].float().numpy())
         if self.k >= x.shape[-1]:
             return Top(float(x[token]), None, x.float().numpy())
         values, ids = x.topk(self.k)
@@ -363,7 +394,7 @@ def install_completions(app: FastAPI, host: ModelHost, settings) -> None:
                 gen = Generation(lm, ids, p.params, first_index=i, capture=capture)
                 gen.kv_store = kv
                 jobs.append(gen)
-        reporters = [Reporter(gen, settings.logprobs_mode, p.top, p.binary) if capture else None for gen in jobs]
+        reporters = [Reporter(gen, settings.logprobs_mode, p.top, p.binary, p.token_ids) if capture else None for gen in jobs]
         scheduler = host.scheduler(lm.name)
         if kv is not None and len(p.prompts) > 1:  # rows a client steps together: one forward pass for all
             await run_in_threadpool(scheduler.call, lambda: step_together(lm, kv, p.prompts))

@@ -24,9 +24,12 @@ V = len(PIECES)
 
 
 def fake_server(next_logits, cap: int = -1, values: str = "raw_logits", key: str | None = None,
-                logprobs: bool = True, token_prompts: bool = True, down: list | None = None) -> httpx.MockTransport:
+                logprobs: bool = True, token_prompts: bool = True, down: list | None = None,
+                token_ids: bool = False, asked: list | None = None) -> httpx.MockTransport:
     """A vLLM-speaking server over `next_logits(history) -> (V,) logits`. cap: its --max-logprobs; values: its
-    --logprobs-mode (raw_logits or raw_logprobs); down: while it holds True, every request fails to connect."""
+    --logprobs-mode (raw_logits or raw_logprobs); down: while it holds True, every request fails to connect;
+    token_ids: it honours logprob_token_ids (those ids instead of the top K, and the sampled token, here the
+    argmax); asked: each /v1/completions body is appended to it."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         if down and down[0]:
@@ -38,6 +41,8 @@ def fake_server(next_logits, cap: int = -1, values: str = "raw_logits", key: str
         if request.url.path != "/v1/completions":
             return httpx.Response(404, json={"error": {"message": "not found"}})
         body = json.loads(request.content)
+        if asked is not None:
+            asked.append(body)
         k = body["logprobs"]
         if cap >= 0 and not 0 <= k <= cap:
             return httpx.Response(400, json={"error": {"message": f"logprobs must be in [0, {cap}]"}})
@@ -49,6 +54,8 @@ def fake_server(next_logits, cap: int = -1, values: str = "raw_logits", key: str
             x = next_logits(prompt).float()
             lp = x - torch.logsumexp(x, 0) if values == "raw_logprobs" else x
             ids = range(V) if k < 0 else lp.topk(min(k, lp.numel())).indices.tolist()
+            if token_ids and body.get("logprob_token_ids"):
+                ids = list(dict.fromkeys(body["logprob_token_ids"] + [int(lp.argmax())]))
             top = {f"token_id:{j}": float(lp[j]) for j in ids}
             choices.append({"index": i, "text": "", "logprobs": {"tokens": ["token_id:1"], "token_logprobs": [0.0],
                                                                  "top_logprobs": [top] if logprobs else None}})
@@ -73,7 +80,7 @@ def run(lm, params: SamplingParams, prompt=(1, 2, 3)) -> Generation:
 
 def test_the_rest_of_the_mass_is_spread_evenly_over_the_tokens_the_server_did_not_send():
     ids, values = np.array([4, 1, 7]), np.log(np.array([0.5, 0.2, 0.1], dtype=np.float32))
-    logits, known = dense_logits([(ids, values)], 6 + 4, logprobs=True)
+    logits, known, _ = dense_logits([(ids, values)], 6 + 4, logprobs=True)
     p = torch.softmax(logits[0].double(), 0)
     assert known[0].nonzero().squeeze(1).tolist() == [1, 4, 7]
     assert p[[4, 1, 7]].tolist() == pytest.approx([0.5, 0.2, 0.1], abs=1e-6)
@@ -82,7 +89,7 @@ def test_the_rest_of_the_mass_is_spread_evenly_over_the_tokens_the_server_did_no
 
 def test_the_whole_vocabulary_is_known_and_taken_as_sent():
     values = np.array([1.5, -2.0, 0.25], dtype=np.float32)
-    logits, known = dense_logits([(np.arange(3), values)], 3, logprobs=False)
+    logits, known, _ = dense_logits([(np.arange(3), values)], 3, logprobs=False)
     assert known is None and logits[0].tolist() == [1.5, -2.0, 0.25]
 
 

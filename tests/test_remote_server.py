@@ -30,8 +30,8 @@ def provider():
         yield s
 
 
-def run(lm, prompt, params) -> Generation:
-    gen = Generation(lm, prompt, params)
+def run(lm, prompt, params, **kw) -> Generation:
+    gen = Generation(lm, prompt, params, **kw)
     for _ in gen:
         pass
     return gen
