@@ -240,6 +240,7 @@ class Server:
     transport: Any = None  # an httpx transport (tests: httpx.MockTransport); None: the network
     binary: bool = False  # ask for the base64 float32 extension (connect finds whether the server has it)
     received: int = 0  # response bytes so far (bench/bench_remote.py)
+    requests: int = 0  # requests so far (bench/bench_remote.py)
     dialect: str = "openai"  # or "llama.cpp": its /completion with n_probs (found when connecting)
     vocab_ask: bool = False  # the whole vocabulary is asked for by its size, not -1 (llama-server's /v1/completions)
     _client: Any = field(default=None, repr=False)
@@ -264,6 +265,7 @@ class Server:
         except httpx.HTTPError as e:
             raise RemoteError(f"cannot reach the server at {self.url}: {e}") from e
         self.received += len(r.content)
+        self.requests += 1
         try:
             data = r.json()
         except ValueError:

@@ -13,7 +13,7 @@ import torch
 from engine.generator import Generation
 from engine.knob import ParamError
 from engine.knobs import SamplingParams
-from engine.reasoning import Thinking, supports_thinking
+from engine.reasoning import Thinking
 from engine.remote import approximate_stages, connect, dense_logits, extra_asks
 from tests.fakes import FakeTokenizer, chatty, fake_lm, outcome
 from tests.serving import start_server
@@ -170,6 +170,7 @@ def test_past_the_cap_the_constraint_is_approximate_and_no_forbidden_token_is_dr
 
 
 def test_a_thinking_budgets_forced_close_outside_the_top_k_is_asked_for_and_exact():
+    # By hand: the embedded SmolLM2's chat template has no <think> section (engine/reasoning.supports_thinking).
     asked = []
     thinking = Thinking(2, (), (7, 9), True)  # inside from the start; after 2 tokens the close 7, 9 is forced
     params = SamplingParams.build(temperature=0, max_tokens=6)
@@ -270,8 +271,3 @@ def test_a_logit_bias_of_100_on_a_tail_token_through_the_top_20_remote_draws_it_
     here, there = run(lm, prompt, params), run(top20, prompt, params)
     assert outcome(there) == outcome(here) and [s.token_id for s in there.completions[0]] == [tail] * 3
     assert all(s.approximate == () for s in there.completions[0])
-
-
-@pytest.mark.model
-def test_the_embedded_model_has_no_thinking_so_the_forced_close_is_tested_by_hand(lm):
-    assert not supports_thinking(lm)  # the hand-made test_a_thinking_budgets_forced_close_... stands for it
