@@ -85,7 +85,8 @@ def main() -> None:
                                                         "local, response_format"),
         }
         results: dict[str, list[tuple[float, int, int, int]]] = {m: [] for m in modes}
-        for k, (lm, grammar, knobs, _) in enumerate(modes.values()):  # warm-up: the server's first requests and this process's first steps
+        # Warm-up: the server's first requests and this process's first steps.
+        for k, (lm, grammar, knobs, _) in enumerate(modes.values()):
             timed(lm, prompt, knobs.with_(max_tokens=4, seed=1000 + k), grammar)
         # Every run its own seed: the server keeps the sequences it served (engine/kvstore.py), and a request
         # for a sequence it keeps costs no forward pass, so a repeated run would measure its cache.

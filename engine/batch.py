@@ -353,7 +353,11 @@ class Batch:
         row = self.rows[b]
         if row.forced:
             return None
-        return wanted_ids(row.job, row.allowed(self.lm.vocab_size) if row.job.constrained else None)
+        try:
+            mask = row.allowed(self.lm.vocab_size) if row.job.constrained else None
+        except Exception:  # the draw meets it again, where a row's error ends only its job (`_contain`)
+            return None
+        return wanted_ids(row.job, mask)
 
     def sample(self) -> tuple[dict["Generation", list[Step]], list["Generation"], dict["Generation", Exception]]:
         """Draw a token for every row, record it, and let finished rows leave. Returns the steps made for

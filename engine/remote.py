@@ -132,7 +132,8 @@ def dense_logits(entries: Entries, V: int, logprobs: bool, k: int | None = None,
         rest = 1.0 - float(logits[b][known[b]].double().exp().sum())
         if rest <= 0.0:
             continue
-        share = min(math.log(rest / unknown), float(logits[b][top[b]].min()))  # the true tail lies below the least top-K value
+        least = float(logits[b][top[b]].min())  # the true tail lies below the least top-K value
+        share = min(math.log(rest / unknown), least)
         logits[b].masked_fill_(~known[b], share)
     return logits, known, None if torch.equal(top, known) else top
 
@@ -635,10 +636,10 @@ def connect(url: str, model: str, key: str | None = None, tokenizer: str | None 
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     context = int(info.get("max_model_len") or getattr(tok, "model_max_length", 0) or 4096)
     context = context if context < 10**7 else 4096  # a tokenizer without a limit says 1e30
+    token_ids = not whole and server.dialect == "openai" and _honours_token_ids(server, model, probe, logprobs, ids, V)
     lm = RemoteModel(model=None, tokenizer=tok, name="", device=torch.device("cpu"), dtype=torch.float32,
                      context_length=context, eos_ids=frozenset(eos), vocab_size=V, source=f"remote {url}",
-                     server=server, remote_name=model, logprobs=logprobs, signed=signed,
-                     token_ids=not whole and server.dialect == "openai" and _honours_token_ids(server, model, probe, logprobs, ids, V))
+                     server=server, remote_name=model, logprobs=logprobs, signed=signed, token_ids=token_ids)
     lm.name = f"{model} · remote · {lm.mode}"
     lm.detokenised = tokenizer_object is None and isinstance(tok, remote_vocab.VocabTokenizer)
     lm.template_from_server = _has_chat_tokenize(server, model)

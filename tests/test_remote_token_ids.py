@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.generator import Generation
 from engine.knob import ParamError
+from engine.generator import Generation
 from engine.knobs import SamplingParams
 from engine.reasoning import Thinking
+from engine.scheduler import Scheduler
 from engine.remote import approximate_stages, connect, dense_logits, extra_asks
+from playground.api_completions import decode_base64_entry
 from tests.fakes import FakeTokenizer, chatty, fake_lm, outcome
 from tests.serving import start_server
 from tests.test_api_completions import MESSAGES, complete, events, local_logits, refused, serving
@@ -54,9 +56,7 @@ def test_logprob_token_ids_report_exactly_those_ids_and_the_chosen_token_as_json
 def test_logprob_token_ids_in_base64_send_those_ids_in_the_order_given(api, lm, prompt):
     body = complete(api, prompt=prompt, max_tokens=2, seed=1, logprobs=1, logprob_token_ids=ASKED,
                     logprobs_format="base64_float32")
-    first = body["choices"][0]["logprobs"]["top_logprobs_base64"][0]
-    ids = np.frombuffer(__import__("base64").b64decode(first["ids"]), dtype="<i4")
-    values = np.frombuffer(__import__("base64").b64decode(first["values"]), dtype="<f4")
+    ids, values = decode_base64_entry(body["choices"][0]["logprobs"]["top_logprobs_base64"][0], lm.vocab_size)
     assert ids.tolist() == [5, 3, 40000]
     assert values.tolist() == torch.log_softmax(local_logits(lm, prompt), dim=-1)[[5, 3, 40000]].tolist()
 
@@ -186,6 +186,34 @@ def test_a_large_logit_bias_on_a_tail_token_draws_it_as_local_mode_and_exactly()
     there = run(top5(), [1, 2], params)
     assert outcome(there) == outcome(run(fake_lm(low_tail, PIECES), [1, 2], params))
     assert [s.token_id for s in there.completions[0]] == [8] * 4 and all(s.approximate == () for s in there.completions[0])
+
+
+class Breaks(Only):
+    """Only, whose matcher raises from the fifth mask it is asked for on."""
+
+    asked = 0
+
+    def allowed(self, i: int) -> torch.Tensor:
+        self.asked += 1
+        if self.asked >= 5:
+            raise RuntimeError("the matcher broke")
+        return super().allowed(i)
+
+
+def test_a_grammar_that_fails_while_its_wanted_ids_are_asked_ends_only_its_job(closes_schedulers):
+    lm = top5()
+    scheduler = Scheduler(lm)
+    params = SamplingParams.build(seed=3, max_tokens=8)
+    # Its fifth mask is asked for before a forward pass (the prefill's and each draw's asked once each), by
+    # when the other job's row has joined the batch.
+    broken = scheduler.submit(Generation(lm, [1, 2], params, grammar=Breaks([3, 4, 7, 8, 9])))
+    fine = scheduler.submit(Generation(lm, [1, 3], params))
+    with pytest.raises(RuntimeError, match="matcher broke"):
+        for _ in broken:
+            pass
+    for _ in fine:
+        pass
+    assert outcome(fine.job) == outcome(run(top5(), [1, 3], params))
 
 
 def test_follow_up_requests_carry_at_most_128_ids_each_and_only_the_rows_that_miss_them():
