@@ -18,8 +18,8 @@ Two modes, found when connecting (`connect` probes the server once):
   logprobs), softmax cannot tell them from logits, except for the repetition penalty, which divides
   positive logits and multiplies negative ones: it is marked approximate.
 - **top-K**: the server caps logprobs at K. The unknown tail becomes one "rest" bucket: its mass
-  (1 - the top K's) spread evenly over the other tokens, which keeps every tail token below the least
-  known one, as the true tail is. `approximate_stages` marks, per step, the stages whose result depended on
+  (1 - the known tokens') spread evenly over the other tokens, never above the least top-K value, as the
+  true tail is. `approximate_stages` marks, per step, the stages whose result depended on
   how that mass is really spread; a draw that lands in the rest is drawn again within the known tokens
   with the same uniform (`redraw_known`), and the step says so.
 
