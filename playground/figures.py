@@ -1,15 +1,22 @@
-"""Figures and plain-language summaries of recorded steps: pure functions, records -> plotly Figure.
+"""Figures and plain-language summaries of recorded steps: pure functions, records -> plotly figure JSON.
 
 No Gradio here (STYLE.md 9), so the tests build every figure from recorded steps. A step is the dict
 described in playground/ui_records.py; `params` is `SamplingParams.to_dict()` of the run.
+
+Every finished run draws a timeline, an inspector and a draw chart, and its what-if two more (issue 17):
+plotly's graph objects spent about 10 ms a figure validating every property. So the figures here are the
+JSON those objects emitted (the same traces, make_subplots' axes and titles, add_hline's line and note),
+written as plain dicts, with no plotly import. `plotly.graph_objects.Figure(fig)` reads one back, and
+validates it against plotly's schema; the tests do.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import orjson
 
 from engine.knobs import SamplingParams
 from engine.stages import ALL, ANY_VOCAB, Said, count
@@ -20,17 +27,69 @@ KEPT = "#2563eb"  # blue: still possible after this stage
 REMOVED = "#cbd5e1"  # grey: a stage set it to zero
 FORCED = "#9333ea"  # purple: a token the user picked when branching
 
+# plotly.py's default template ("plotly"), which its figures carry in layout.template: the fonts, axis lines
+# and hover labels the charts were designed with. Read from plotly's package data (no plotly import).
+_PLOTLY = Path(importlib.util.find_spec("plotly").submodule_search_locations[0])
+TEMPLATE = orjson.loads((_PLOTLY / "package_data" / "templates" / "plotly.json").read_bytes())
 
-def _layout(fig: go.Figure, height: int, title: str) -> go.Figure:
-    fig.update_layout(
-        height=height,
-        title={"text": title, "x": 0.01, "font": {"size": 14}},
-        margin={"l": 50, "r": 20, "t": 50, "b": 40},
-        plot_bgcolor="white",
-        showlegend=False,
-        bargap=0.25,
-    )
-    return fig
+# plotly.py's "Blues" (ColorBrewer) spelled out: plotly.js knows "Blues" by name too, but as another scale.
+BLUES = [[0.0, "rgb(247,251,255)"], [0.125, "rgb(222,235,247)"], [0.25, "rgb(198,219,239)"],
+         [0.375, "rgb(158,202,225)"], [0.5, "rgb(107,174,214)"], [0.625, "rgb(66,146,198)"],
+         [0.75, "rgb(33,113,181)"], [0.875, "rgb(8,81,156)"], [1.0, "rgb(8,48,107)"]]
+
+
+class Figure(dict):
+    """A plotly figure as plain JSON: {"data": [trace, ...], "layout": {...}}.
+
+    gr.Plot takes it as it takes a plotly figure (it calls `to_json`).
+    """
+
+    def __init__(self, data: list[dict], layout: dict[str, Any]):
+        super().__init__(data=data, layout={**layout, "template": TEMPLATE})
+
+    def to_json(self) -> str:
+        return orjson.dumps(self).decode()
+
+
+def _layout(height: int, title: str, **more: Any) -> dict[str, Any]:
+    return {
+        "height": height,
+        "title": {"text": title, "x": 0.01, "font": {"size": 14}},
+        "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
+        "plot_bgcolor": "white",
+        "showlegend": False,
+        "bargap": 0.25,
+        **more,
+    }
+
+
+def _subplots(rows: int, cols: int, hspace: float, vspace: float, titles: list[str] = (),
+              width: float = 1.0) -> tuple[dict[str, dict], list[dict]]:
+    """make_subplots' grid: the axes of each cell (x, y for the first, then x2, y2, ... row by row from the
+    top) and the subplot titles as annotations above the cells. Its arithmetic, to the last bit."""
+    w = (width - hspace * (cols - 1)) / cols
+    h = (1.0 - vspace * (rows - 1)) / rows
+    axes, titled = {}, []
+    for r in range(rows):
+        below = rows - 1 - r  # row 1 is on top
+        bottom = sum([h] * below) + below * vspace
+        y = [max(0.0, bottom), min(1.0, bottom + h)]
+        for c in range(cols):
+            left = sum([w] * c) + c * hspace
+            x = [max(0.0, left), min(1.0, left + w)]
+            n = _axis(r * cols + c + 1)
+            axes[f"xaxis{n}"] = {"anchor": f"y{n}", "domain": x}
+            axes[f"yaxis{n}"] = {"anchor": f"x{n}", "domain": y}
+            if r * cols + c < len(titles):
+                titled.append({"text": titles[r * cols + c], "font": {"size": 16}, "showarrow": False,
+                               "x": (x[0] + x[1]) / 2, "xanchor": "center", "xref": "paper",
+                               "y": y[1], "yanchor": "bottom", "yref": "paper"})
+    return axes, titled
+
+
+def _axis(n: int) -> str:
+    """The suffix of subplot n's axes: x, y for the first, x2, y2 for the second."""
+    return "" if n == 1 else str(n)
 
 
 def _unique_labels(ids: list[int], texts: dict[int, str]) -> list[str]:
@@ -55,7 +114,7 @@ def shown_stages(step: Step) -> list[int]:
     return keep
 
 
-def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], max_tokens: int = 12) -> go.Figure:
+def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], max_tokens: int = 12) -> Figure:
     """The top candidates' probabilities after each stage, one row per stage that did something.
 
     The chosen token is orange; a token some stage removed is a grey ghost at the height it had
@@ -72,9 +131,12 @@ def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], 
     rows = shown_stages(step)
     stages = step["stages"]
     titles = [_row_title(stages[s], params, s == rows[-1]) for s in rows]
-    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.35 / max(len(rows), 1) / 2 + 0.02,
-                        subplot_titles=titles)
+    axes, annotations = _subplots(len(rows), 1, 0.2, 0.35 / max(len(rows), 1) / 2 + 0.02, titles)
+    for note in annotations:
+        note["font"] = {"size": 11}
+    bottom = f"x{_axis(len(rows))}"
     chosen_colour = FORCED if step.get("forced") else CHOSEN
+    data = []
     for r, s in enumerate(rows, start=1):
         heights, colours, hover = [], [], []
         for tok, j in zip(ids, cols):
@@ -89,12 +151,13 @@ def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], 
                 heights.append(p)
                 colours.append(chosen_colour if tok == step["token_id"] else KEPT)
                 hover.append(f"p = {p:.4f}")
-        fig.add_trace(
-            go.Bar(x=labels, y=heights, marker_color=colours, hovertext=hover, hoverinfo="x+text",
-                   name=STAGE_LABELS[stages[s]["name"]]),
-            row=r, col=1,
-        )
-        fig.update_yaxes(rangemode="tozero", tickformat=".2f", nticks=3, row=r, col=1, gridcolor="#eef2f7")
+        n = _axis(r)
+        data.append({"type": "bar", "x": labels, "y": heights, "marker": {"color": colours}, "hovertext": hover,
+                     "hoverinfo": "x+text", "name": STAGE_LABELS[stages[s]["name"]], "xaxis": f"x{n}", "yaxis": f"y{n}"})
+        axes[f"yaxis{n}"].update(rangemode="tozero", tickformat=".2f", nticks=3, gridcolor="#eef2f7")
+        axes[f"xaxis{n}"].update(tickangle=-35, tickfont={"size": 11})
+        if f"x{n}" != bottom:  # make_subplots' shared_xaxes: every row follows the bottom one, labelled once
+            axes[f"xaxis{n}"].update(matches=bottom, showticklabels=False)
     chosen = token_label(texts, step["token_id"])
     p = _params(params)
     quiet = [st["name"] for s, st in enumerate(stages) if s not in rows]
@@ -104,11 +167,9 @@ def inspector_figure(step: Step, texts: dict[int, str], params: dict[str, Any], 
     title = f"Step {step['position']}: how the sampler picked '{chosen}'"
     if notes:
         title += f"<br><span style='font-size:11px;color:#64748b'>{' · '.join(notes)}</span>"
-    fig.update_xaxes(tickangle=-35, tickfont={"size": 11})
-    fig.update_annotations(font_size=11)
-    fig = _layout(fig, 130 + 125 * len(rows), title)
-    fig.update_layout(margin={"t": 80 if off else 60})
-    return fig
+    layout = _layout(130 + 125 * len(rows), title, **axes, annotations=annotations)
+    layout["margin"]["t"] = 80 if off else 60
+    return Figure(data, layout)
 
 
 def _removed_at(step: Step, j: int, s: int) -> int | None:
@@ -176,7 +237,7 @@ def _draw_sentence(step: Step, texts: dict[int, str]) -> str:
     )
 
 
-def draw_figure(step: Step, texts: dict[int, str], max_tokens: int = 15) -> go.Figure:
+def draw_figure(step: Step, texts: dict[int, str], max_tokens: int = 15) -> Figure:
     """The final distribution as stacked bands of a cumulative bar (most likely first), and the draw.
 
     Each token's bar spans [mass of the tokens above it, that + its probability]; the draw is a line at
@@ -204,83 +265,89 @@ def draw_figure(step: Step, texts: dict[int, str], max_tokens: int = 15) -> go.F
         heights.append(1.0 - base)
         colours.append(REMOVED)
     bases = [sum(heights[:i]) for i in range(len(heights))]
-    fig = go.Figure(go.Bar(x=labels, y=heights, base=bases, marker_color=colours,
-                           hovertext=[f"p = {h:.4f}, cumulative {b + h:.3f}" for h, b in zip(heights, bases)],
-                           hoverinfo="x+text"))
+    bars = {"type": "bar", "x": labels, "y": heights, "base": bases, "marker": {"color": colours},
+            "hovertext": [f"p = {h:.4f}, cumulative {b + h:.3f}" for h, b in zip(heights, bases)], "hoverinfo": "x+text"}
+    axes = {"xaxis": {"tickangle": -35, "tickfont": {"size": 11}},
+            "yaxis": {"range": [0, 1.02], "title": {"text": "cumulative probability"}, "gridcolor": "#eef2f7"}}
     if step["draw"] is None:
-        title = "Greedy: no random draw (temperature 0 takes the top token)"
-    else:
-        title = f"Where the random draw landed: {step['draw']:.3f} on the final cumulative distribution"
-        fig.add_hline(y=step["draw"], line_dash="dash", line_color="#111827",
-                      annotation_text=f"draw {step['draw']:.3f}", annotation_position="top right")
-    fig.update_yaxes(range=[0, 1.02], title="cumulative probability", gridcolor="#eef2f7")
-    fig.update_xaxes(tickangle=-35, tickfont={"size": 11})
-    return _layout(fig, 320, title)
+        return Figure([bars], _layout(320, "Greedy: no random draw (temperature 0 takes the top token)", **axes))
+    # add_hline: a line across the plot at the draw, its label above the line's right end.
+    line = {"type": "line", "xref": "x domain", "x0": 0, "x1": 1, "yref": "y", "y0": step["draw"], "y1": step["draw"],
+            "line": {"color": "#111827", "dash": "dash"}}
+    label = {"text": f"draw {step['draw']:.3f}", "showarrow": False, "xref": "x domain", "x": 1, "xanchor": "right",
+             "yref": "y", "y": step["draw"], "yanchor": "bottom"}
+    title = f"Where the random draw landed: {step['draw']:.3f} on the final cumulative distribution"
+    return Figure([bars], _layout(320, title, **axes, shapes=[line], annotations=[label]))
 
 
-def timeline_figure(steps: list[Step], texts: dict[int, str], selected: int | None = None) -> go.Figure:
+def timeline_figure(steps: list[Step], texts: dict[int, str], selected: int | None = None) -> Figure:
     """Chosen-token probability (raw and final) and raw entropy over the completion; x = step.
 
     Clicking a point selects that step: the UI reads the point's x (the step's position in the list).
     """
     x = list(range(len(steps)))
     words = [visible(s["shown"]) if "shown" in s else token_label(texts, s["token_id"]) for s in steps]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=x, y=[prob(s["raw_logprob"]) for s in steps], mode="lines+markers", name="raw p(chosen)",
-                             line={"color": KEPT}, marker={"size": 7}, text=words, hovertemplate="%{x}: '%{text}' raw p = %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=x, y=[prob(s["logprob"]) for s in steps], mode="lines+markers", name="final p(chosen)",
-                             line={"color": CHOSEN, "dash": "dot"}, marker={"size": 6}, text=words,
-                             hovertemplate="%{x}: '%{text}' final p = %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=x, y=[s["stages"][0]["entropy"] for s in steps], mode="lines", name="raw entropy (nats)",
-                             line={"color": "#94a3b8", "width": 1.5}, text=words,
-                             hovertemplate="%{x}: '%{text}' entropy %{y:.2f} nats<extra></extra>"), secondary_y=True)
-    if selected is not None and 0 <= selected < len(steps):
-        fig.add_vline(x=selected, line_color="#111827", line_width=1.5, opacity=0.6)
-    fig.update_yaxes(range=[0, 1.05], title="probability", secondary_y=False, gridcolor="#eef2f7")
-    fig.update_yaxes(title="entropy (nats)", secondary_y=True, rangemode="tozero", showgrid=False)
-    fig.update_xaxes(title="step (click a point to inspect it)")
-    fig = _layout(fig, 280, "Timeline: how sure the model was of each chosen token")
-    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"}, hovermode="closest")
-    return fig
+    data = [
+        {"type": "scatter", "x": x, "y": [prob(s["raw_logprob"]) for s in steps], "mode": "lines+markers",
+         "name": "raw p(chosen)", "line": {"color": KEPT}, "marker": {"size": 7}, "text": words,
+         "hovertemplate": "%{x}: '%{text}' raw p = %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "x": x, "y": [prob(s["logprob"]) for s in steps], "mode": "lines+markers",
+         "name": "final p(chosen)", "line": {"color": CHOSEN, "dash": "dot"}, "marker": {"size": 6}, "text": words,
+         "hovertemplate": "%{x}: '%{text}' final p = %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "x": x, "y": [s["stages"][0]["entropy"] for s in steps], "mode": "lines",
+         "name": "raw entropy (nats)", "line": {"color": "#94a3b8", "width": 1.5}, "text": words,
+         "hovertemplate": "%{x}: '%{text}' entropy %{y:.2f} nats<extra></extra>", "xaxis": "x", "yaxis": "y2"},
+    ]
+    # make_subplots' secondary y: the x axis leaves 6% on the right for the entropy axis's title.
+    axes = {
+        "xaxis": {"anchor": "y", "domain": [0.0, 0.94], "title": {"text": "step (click a point to inspect it)"}},
+        "yaxis": {"anchor": "x", "domain": [0.0, 1.0], "range": [0, 1.05], "title": {"text": "probability"},
+                  "gridcolor": "#eef2f7"},
+        "yaxis2": {"anchor": "x", "overlaying": "y", "side": "right", "title": {"text": "entropy (nats)"},
+                   "rangemode": "tozero", "showgrid": False},
+    }
+    layout = _layout(280, "Timeline: how sure the model was of each chosen token", **axes, showlegend=True,
+                     legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"}, hovermode="closest")
+    if selected is not None and 0 <= selected < len(steps):  # add_vline: top to bottom at the selected step
+        layout["shapes"] = [{"type": "line", "xref": "x", "x0": selected, "x1": selected, "yref": "y domain", "y0": 0,
+                             "y1": 1, "line": {"color": "#111827", "width": 1.5}, "opacity": 0.6}]
+    return Figure(data, layout)
 
 
-def sweep_figure(points: list[dict[str, Any]], selected: int | None = None) -> go.Figure:
+def sweep_figure(points: list[dict[str, Any]], selected: int | None = None) -> Figure:
     """One small chart per sweep metric (playground/sweeps.py): against the knob's value, or a heatmap
     over two knobs' values. Clicking a point (or cell) shows its samples: the UI reads its customdata,
     the point's index."""
     from playground.sweeps import METRICS
 
     knobs = list(points[0]["settings"]) if points else ["value"]
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[title for title, _ in METRICS.values()],
-                        horizontal_spacing=0.1, vertical_spacing=0.2)
+    axes, titles = _subplots(2, 3, 0.1, 0.2, [title for title, _ in METRICS.values()])
+    data = []
     for k, (name, (title, _)) in enumerate(METRICS.items()):
-        row, col = k // 3 + 1, k % 3 + 1
+        n = _axis(k + 1)
+        traces = [_sweep_line(knobs[0], points, name, title, selected)] if len(knobs) == 1 else \
+            _sweep_heatmap(knobs, points, name, title, selected, k)
+        data += [{**trace, "xaxis": f"x{n}", "yaxis": f"y{n}"} for trace in traces]
+        axes[f"xaxis{n}"].update(title={"text": knobs[0], "font": {"size": 11}}, gridcolor="#eef2f7")
         if len(knobs) == 1:
-            fig.add_trace(_sweep_line(knobs[0], points, name, title, selected), row=row, col=col)
+            axes[f"yaxis{n}"].update(gridcolor="#eef2f7", rangemode="tozero")
         else:
-            for trace in _sweep_heatmap(knobs, points, name, title, selected, k):
-                fig.add_trace(trace, row=row, col=col)
-    fig.update_xaxes(title=knobs[0], title_font={"size": 11}, gridcolor="#eef2f7")
-    if len(knobs) == 1:
-        fig.update_yaxes(gridcolor="#eef2f7", rangemode="tozero")
-        about = knobs[0]
-    else:
-        fig.update_yaxes(title=knobs[1], title_font={"size": 11})
-        about = f"{knobs[0]} × {knobs[1]}"
+            axes[f"yaxis{n}"].update(title={"text": knobs[1], "font": {"size": 11}})
+    about = knobs[0] if len(knobs) == 1 else f"{knobs[0]} × {knobs[1]}"
     samples = points[0]["samples"] if points else 0
-    fig = _layout(fig, 520, f"Sweep of {about}: {samples} sample{'s' * (samples != 1)} per point (click a point for its texts)")
-    fig.update_layout(hovermode="closest")
-    return fig
+    title = f"Sweep of {about}: {samples} sample{'s' * (samples != 1)} per point (click a point for its texts)"
+    return Figure(data, _layout(520, title, **axes, annotations=titles, hovermode="closest"))
 
 
-def _sweep_line(knob: str, points: list[dict], name: str, title: str, selected: int | None) -> go.Scatter:
+def _sweep_line(knob: str, points: list[dict], name: str, title: str, selected: int | None) -> dict:
     colors = [CHOSEN if i == selected else KEPT for i in range(len(points))]
-    return go.Scatter(x=[p["settings"][knob] for p in points], y=[p["metrics"][name] for p in points], mode="lines+markers",
-                      name=title, customdata=list(range(len(points))), line={"color": "#94a3b8", "width": 1.5},
-                      marker={"size": 10, "color": colors}, hovertemplate=f"{knob} %{{x}}: {title} %{{y:.3f}}<extra></extra>")
+    return {"type": "scatter", "x": [p["settings"][knob] for p in points], "y": [p["metrics"][name] for p in points],
+            "mode": "lines+markers", "name": title, "customdata": list(range(len(points))),
+            "line": {"color": "#94a3b8", "width": 1.5}, "marker": {"size": 10, "color": colors},
+            "hovertemplate": f"{knob} %{{x}}: {title} %{{y:.3f}}<extra></extra>"}
 
 
-def _sweep_heatmap(knobs: list[str], points: list[dict], name: str, title: str, selected: int | None, k: int) -> list:
+def _sweep_heatmap(knobs: list[str], points: list[dict], name: str, title: str, selected: int | None, k: int) -> list[dict]:
     xs = list(dict.fromkeys(p["settings"][knobs[0]] for p in points))
     ys = list(dict.fromkeys(p["settings"][knobs[1]] for p in points))
     z = [[None] * len(xs) for _ in ys]
@@ -289,11 +356,12 @@ def _sweep_heatmap(knobs: list[str], points: list[dict], name: str, title: str, 
         r, c = ys.index(p["settings"][knobs[1]]), xs.index(p["settings"][knobs[0]])
         z[r][c], index[r][c] = p["metrics"][name], i
     # Categorical axes: every value gets a cell of the same size, however uneven the values.
-    out = [go.Heatmap(x=[str(x) for x in xs], y=[str(y) for y in ys], z=z, customdata=index, colorscale="Blues",
-                      showscale=False, name=title, texttemplate="%{z:.2f}", textfont={"size": 9},
-                      hovertemplate=f"{knobs[0]} %{{x}}, {knobs[1]} %{{y}}: {title} %{{z:.3f}}<extra></extra>")]
+    out = [{"type": "heatmap", "x": [str(x) for x in xs], "y": [str(y) for y in ys], "z": z, "customdata": index,
+            "colorscale": BLUES, "showscale": False, "name": title, "texttemplate": "%{z:.2f}", "textfont": {"size": 9},
+            "hovertemplate": f"{knobs[0]} %{{x}}, {knobs[1]} %{{y}}: {title} %{{z:.3f}}<extra></extra>"}]
     if selected is not None and 0 <= selected < len(points):
         p = points[selected]["settings"]
-        out.append(go.Scatter(x=[str(p[knobs[0]])], y=[str(p[knobs[1]])], mode="markers", hoverinfo="skip",
-                              marker={"symbol": "square-open", "size": 22, "color": CHOSEN, "line": {"width": 3}}))
+        out.append({"type": "scatter", "x": [str(p[knobs[0]])], "y": [str(p[knobs[1]])], "mode": "markers",
+                    "hoverinfo": "skip",
+                    "marker": {"symbol": "square-open", "size": 22, "color": CHOSEN, "line": {"width": 3}}})
     return out

@@ -6,16 +6,21 @@ by hand.
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
+import sys
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
+from plotly.subplots import make_subplots
 
 from engine.knobs import STAGE_ORDER, SamplingParams
 from engine.sampler import SamplerContext, draw, run_pipeline
 from engine.trace import Step, record
-from playground import figures
+from playground import figures, sweeps
 
 TEXTS = {0: " Paris", 1: " London", 2: " Rome", 3: "\n"}
 PROBS = [0.5, 0.3, 0.15, 0.05]
@@ -134,19 +139,19 @@ def test_the_first_sentence_describes_the_raw_distribution():
 
 def test_inspector_has_a_row_for_raw_and_each_stage_that_acted():
     step, params = recorded_step(temperature=0.5, top_p=0.8)
-    fig = figures.inspector_figure(step, TEXTS, params)
+    fig = go.Figure(figures.inspector_figure(step, TEXTS, params))
     assert [t.name for t in fig.data] == ["raw", "temperature", "top-p"]
     assert f"{len(STAGE_ORDER) - 2} stages off" in fig.layout.title.text and "no change from" not in fig.layout.title.text
 
 
 def test_inspector_names_a_stage_that_was_on_but_changed_nothing():
     step, params = recorded_step(top_k=10)  # all four tokens survive top-k 10
-    assert "no change from: top-k" in figures.inspector_figure(step, TEXTS, params).layout.title.text
+    assert "no change from: top-k" in go.Figure(figures.inspector_figure(step, TEXTS, params)).layout.title.text
 
 
 def test_inspector_marks_the_chosen_token_and_greys_removed_ones_at_their_earlier_height():
     step, params = recorded_step(top_p=0.8, u=0.1)  # picks Paris
-    fig = figures.inspector_figure(step, TEXTS, params)
+    fig = go.Figure(figures.inspector_figure(step, TEXTS, params))
     raw, after = fig.data
     assert list(after.x) == ["␣Paris", "␣London", "␣Rome", "↵"]
     assert list(after.marker.color) == [figures.CHOSEN, figures.KEPT, figures.REMOVED, figures.REMOVED]
@@ -162,7 +167,7 @@ def test_inspector_limits_the_candidates_but_keeps_the_chosen_one():
     texts = {i: f"t{i}" for i in range(5)}
     step, params = recorded_step(probs=probs, u=0.99, texts=texts)  # draws the least likely token, t4
     assert step["token_id"] == 4
-    fig = figures.inspector_figure(step, texts, params, max_tokens=2)
+    fig = go.Figure(figures.inspector_figure(step, texts, params, max_tokens=2))
     assert list(fig.data[0].x) == ["t0", "t4"]
 
 
@@ -170,7 +175,7 @@ def test_inspector_limits_the_candidates_but_keeps_the_chosen_one():
 
 def test_draw_figure_stacks_the_final_distribution_and_draws_the_landing_line():
     step, params = recorded_step(top_p=0.8, u=0.7)
-    fig = figures.draw_figure(step, TEXTS)
+    fig = go.Figure(figures.draw_figure(step, TEXTS))
     bars = fig.data[0]
     assert list(bars.x) == ["␣Paris", "␣London"]
     assert list(bars.base) == pytest.approx([0.0, 0.625])
@@ -186,7 +191,7 @@ def test_draw_figure_shows_the_chosen_token_even_far_down_the_distribution():
     # 30 tokens of equal probability: u = 0.7 lands on the 22nd, past the 15 bands drawn one by one.
     texts = {i: f"t{i}" for i in range(30)}
     step, _ = recorded_step(probs=[1 / 30] * 30, u=0.7, texts=texts)
-    bars = figures.draw_figure(step, texts).data[0]
+    bars = go.Figure(figures.draw_figure(step, texts)).data[0]
     assert list(bars.x)[13:] == ["(8 more)", texts[step["token_id"]], "(all others)"]
     assert list(bars.marker.color)[13:] == [figures.REMOVED, figures.CHOSEN, figures.REMOVED]
     assert bars.base[14] <= 0.7 <= bars.base[14] + bars.y[14]  # the line still crosses the chosen band
@@ -195,7 +200,7 @@ def test_draw_figure_shows_the_chosen_token_even_far_down_the_distribution():
 
 def test_draw_figure_says_greedy_has_no_draw():
     step, _ = recorded_step(temperature=0.0)
-    fig = figures.draw_figure(step, TEXTS)
+    fig = go.Figure(figures.draw_figure(step, TEXTS))
     assert fig.layout.title.text.startswith("Greedy: no random draw")
     assert not fig.layout.shapes
 
@@ -204,7 +209,7 @@ def test_draw_figure_says_greedy_has_no_draw():
 
 def test_timeline_plots_chosen_probabilities_and_entropy_per_step():
     steps = [recorded_step(u=u, position=i, top_p=0.8)[0] for i, u in enumerate([0.1, 0.9, 0.3])]
-    fig = figures.timeline_figure(steps, TEXTS, selected=1)
+    fig = go.Figure(figures.timeline_figure(steps, TEXTS, selected=1))
     raw, final, ent = fig.data
     assert list(raw.x) == [0, 1, 2]
     assert list(raw.y) == pytest.approx([0.5, 0.3, 0.5], abs=1e-5)
@@ -225,7 +230,74 @@ def test_figures_build_from_steps_the_real_model_recorded(lm):
     for step in steps:
         sentences = figures.stage_sentences(step, run["texts"], run["params"])
         assert len(sentences) == len(run["stages"]) + 1
-        inspector = figures.inspector_figure(step, run["texts"], run["params"])
+        inspector = go.Figure(figures.inspector_figure(step, run["texts"], run["params"]))
         assert inspector.data[0].name == "raw"
-        assert figures.draw_figure(step, run["texts"]).layout.shapes[0].y0 == pytest.approx(step["draw"])
-    assert len(figures.timeline_figure(steps, run["texts"]).data[0].x) == len(steps)
+        assert go.Figure(figures.draw_figure(step, run["texts"])).layout.shapes[0].y0 == pytest.approx(step["draw"])
+    assert len(go.Figure(figures.timeline_figure(steps, run["texts"])).data[0].x) == len(steps)
+
+
+# ---- the figures as plotly JSON (built without plotly's objects: issue 17) ----
+
+def sweep_points(*settings: dict) -> list[dict]:
+    return [{"settings": s, "samples": 2, "metrics": {name: 0.5 for name in sweeps.METRICS}} for s in settings]
+
+
+def every_figure_kind(figures=figures) -> dict[str, figures.Figure]:
+    several, params = recorded_step(temperature=0.5, top_p=0.8, u=0.7)
+    greedy, _ = recorded_step(temperature=0.0)
+    steps = [recorded_step(u=u, position=i, top_p=0.8)[0] for i, u in enumerate([0.1, 0.9, 0.3])]
+    return {
+        "inspector, 3 rows": figures.inspector_figure(several, TEXTS, params),
+        "draw with its line": figures.draw_figure(several, TEXTS),
+        "draw, greedy": figures.draw_figure(greedy, TEXTS),
+        "timeline, a step selected": figures.timeline_figure(steps, TEXTS, selected=1),
+        "sweep of 1 knob": figures.sweep_figure(sweep_points(*({"temperature": t} for t in (0.5, 1.0))), selected=0),
+        "sweep of 2 knobs": figures.sweep_figure(sweep_points(*({"temperature": t, "top_p": p} for t in (0.5, 1.0)
+                                                                 for p in (0.5, 0.9))), selected=3),
+    }
+
+
+def test_every_figure_kind_is_valid_plotly_that_a_gradio_plot_sends_as_is():
+    from gradio.components import Plot
+
+    for kind, fig in every_figure_kind().items():
+        # go.Figure validates every property against plotly's schema: a misspelt one raises.
+        assert go.Figure(fig).data, kind
+        sent = Plot().postprocess(fig)
+        assert sent.type == "plotly" and json.loads(sent.plot) == fig, kind
+
+
+def test_the_inspector_rows_keep_make_subplots_layout():
+    step, params = recorded_step(temperature=0.5, top_p=0.8)
+    fig = go.Figure(figures.inspector_figure(step, TEXTS, params))
+    titles = [note.text for note in fig.layout.annotations]
+    assert [t.split(":")[0] for t in titles] == ["raw (the model's own distribution)", "after temperature 0.5",
+                                                "after top-p 0.8 = final"]
+    plotly = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.35 / 3 / 2 + 0.02, subplot_titles=titles)
+    for axis in ("xaxis", "yaxis", "xaxis2", "yaxis2", "xaxis3", "yaxis3"):
+        for key in ("domain", "anchor", "matches", "showticklabels"):
+            assert fig.layout[axis][key] == plotly.layout[axis][key], (axis, key)
+    assert [(a.x, a.y, a.xanchor, a.yanchor, a.xref, a.yref) for a in fig.layout.annotations] == \
+           [(a.x, a.y, a.xanchor, a.yanchor, a.xref, a.yref) for a in plotly.layout.annotations]
+    # Each row is drawn on its own axes; the upper rows share the bottom row's x and hide its labels.
+    assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2"), ("x3", "y3")]
+    assert fig.layout.xaxis.matches == fig.layout.xaxis2.matches == "x3" and fig.layout.xaxis3.matches is None
+
+
+def test_the_per_run_figures_build_without_importing_plotly(monkeypatch):
+    import builtins
+
+    import playground
+
+    def no_plotly(name, *args, **kwargs):
+        if name.split(".")[0] == "plotly":
+            raise ImportError(f"the figures imported {name}")
+        return real_import(name, *args, **kwargs)
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", no_plotly)
+    monkeypatch.delitem(sys.modules, "playground.figures")
+    monkeypatch.setattr(playground, "figures", None)
+    fresh = importlib.import_module("playground.figures")
+    for kind, fig in every_figure_kind(fresh).items():
+        assert json.loads(fig.to_json())["data"], kind

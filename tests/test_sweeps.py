@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import plotly.graph_objects as go
 import pytest
 
 from engine.knobs import ParamError
@@ -80,7 +81,7 @@ def test_the_csv_has_one_row_per_value_and_a_column_per_metric():
 
 def test_the_sweep_figure_has_a_chart_per_metric_with_a_point_per_value():
     points = [point(temperature=v) for v in (0.5, 1.0, 1.5)]
-    fig = figures.sweep_figure(points, selected=1)
+    fig = go.Figure(figures.sweep_figure(points, selected=1))
     assert len(fig.data) == len(sweeps.METRICS)
     assert all(list(t.x) == [0.5, 1.0, 1.5] for t in fig.data)
     assert fig.data[0].marker.color[1] == figures.CHOSEN
@@ -89,7 +90,7 @@ def test_the_sweep_figure_has_a_chart_per_metric_with_a_point_per_value():
 def test_two_knobs_make_a_grid_of_every_pair_and_a_heatmap_per_metric():
     cells = sweeps.grid("temperature", [0.5, 1.0], "top_p", [0.5, 0.9, 1.0], samples=2)
     assert cells[:2] == [{"temperature": 0.5, "top_p": 0.5}, {"temperature": 0.5, "top_p": 0.9}] and len(cells) == 6
-    fig = figures.sweep_figure([point(**c) for c in cells], selected=4)
+    fig = go.Figure(figures.sweep_figure([point(**c) for c in cells], selected=4))
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert len(heatmaps) == len(sweeps.METRICS)
     assert [len(row) for row in heatmaps[0].z] == [2, 2, 2]  # rows: top_p values; columns: temperature values
