@@ -189,12 +189,29 @@ def _load_model(name: str, progress=gr.Progress(), *, host: ModelHost, outputs: 
     return {model: out["model"], info: out["model_info"]} if "model" in out else {info: out["model_info"]}
 
 
-def _follow_step(host: ModelHost, stops: Stops, ui, runs, view, completion, step, draws, draws_seed, session: str,
-                 draws_note: str, orders_note: str):
-    """The teaching views that follow the selected step once drawn, in one event: every event a page runs
-    costs it and the server work, also for a page that never opened them."""
-    yield from ui_manydraws.follow_step(host, stops, ui, runs, view, completion, step, draws, draws_seed, session, draws_note)
-    yield from ui_orders.follow_step(host, stops, ui, runs, view, completion, step, session, orders_note)
+# Parts of `_draw_step` that say they are working (a what-if replaying its step, a teaching view sampling):
+# a message with only these goes to the page at once, everything else with the event's last message.
+PROGRESS = frozenset({"whatif_note", "draws_note", "orders_note"})
+
+
+def _draw_step(host: ModelHost, stops: Stops, ui, runs, view, completion, step, mode, live, draws, draws_seed,
+               draws_note: str, orders_note: str, session: str):
+    """Everything that follows the selected step, in one event with one message when nothing is slow: its
+    view (`show`), its what-if, and the teaching views that follow it. Each event, and each of its messages,
+    costs the page a refresh of the loading status of every component any event has used (Gradio 6,
+    playground/ui_stream.py), and the server an event's work."""
+    out = ui_events.show(runs, view, completion, step, mode)
+    parts = (ui_events.what_if(host, stops, ui, runs, view, completion, step, live, session),
+             ui_manydraws.follow_step(host, stops, ui, runs, view, completion, step, draws, draws_seed, session, draws_note),
+             ui_orders.follow_step(host, stops, ui, runs, view, completion, step, session, orders_note))
+    for part in parts:
+        for item in part:
+            out.update(item)
+            if set(item) <= PROGRESS:
+                yield out
+                out = {}
+    if out:
+        yield out
 
 
 def _pick_token(evt: gr.EventData):
@@ -243,8 +260,6 @@ def build_ui(host: ModelHost) -> gr.Blocks:
     c: dict[str, Component] = {}  # every component an event reads or writes, by name
     with gr.Blocks(title="Sampling Playground", analytics_enabled=False) as demo:
         c["runs"], c["history"], c["sweep_state"] = gr.State([]), gr.State([]), gr.State(None)
-        c["finished"] = gr.State(False)  # a run just finished: finish_generate shows it
-        c["redraw"] = gr.State(False)  # its step stayed put: no change event draws it (see finish_generate)
         gr.Markdown(INTRO)
         c["link_note"] = gr.Markdown(elem_id="link-note")
         # A shared link is applied by a server event only on a page opened with one (LINK_JS clicks this):
@@ -516,46 +531,55 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     # ---- validation and code snippets, live as settings change ----
     validate_out = pick(*(f"error_{g}" for g in GROUPS), "bias_preview", "curl", "python")
     validate = functools.partial(ui_events.validate, host=host)
-    _on([x.change for x in controls] + [demo.load], validate, {**settings, "runs": c["runs"]}, validate_out,
-        trigger_mode="always_last", **quiet)
+    # The message box by the user's typing only: a finished run empties it, and the request it last sent is
+    # what the snippets already show. Events that set it (a share link, a loaded run) validate after.
+    validate_in = {**settings, "runs": c["runs"]}
+    _on([x.change for x in controls if x is not c["message"]] + [c["message"].input, demo.load], validate, validate_in,
+        validate_out, trigger_mode="always_last", **quiet)
 
     # ---- a shared link restores settings and prompt ----
     demo.load(None, js=LINK_JS)
-    _on(b["apply_link"].click, functools.partial(ui_events.apply_link, host=host), {"query": c["link_query"]},
-        pick(*UI_KNOBS, "model", "system", "message", "link_note"), js="() => [location.search]")
+    linked = _on(b["apply_link"].click, functools.partial(ui_events.apply_link, host=host), {"query": c["link_query"]},
+                 pick(*UI_KNOBS, "model", "system", "message", "link_note"), js="() => [location.search]")
+    _then(linked, validate, validate_in, validate_out, **quiet)
 
-    # ---- generate: stream tokens, then keep the run; then draw it and its what-if ----
+    # ---- generate: stream tokens, keep and select the run; then draw it ----
     whatif_in = {**settings, **selection, "live": c["live"]}
     whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
+    # The selected step and all that follows it is drawn by one event (`_draw_step`), after whatever selects
+    # a step: the step slider's `input` is the user's own move only, so a step set by an event draws nothing
+    # by itself, and nothing is drawn twice.
+    draws_in = {**settings, **selection, "draws": c["draws_n"], "draws_seed": c["draws_seed"]}
+    draws_out, orders_out = pick("draws_note", "draws_plot"), pick("orders_note", "orders_table", "orders_plot")
+    draw_in = {**whatif_in, "mode": c["mode"], "draws": c["draws_n"], "draws_seed": c["draws_seed"],
+               "draws_note": c["draws_note"], "orders_note": c["orders_note"]}
+    draw_out = {**view_out, **whatif_out, **draws_out, **orders_out}
+
+    def draw_after(event):
+        return _then(event, bound(_draw_step), draw_in, draw_out, **quiet, **model_events)
+
     # Hidden progress: the streamed heads already say waiting or generating, and Gradio's overlay timer redraws.
     # Manual mode (its toggle beside Generate) starts here too: manual_events.generate picks.
     table_in = {"search": c["manual_search"], "sort": c["manual_sort"], "reverse": c["manual_reverse"]}
     manual_out = pick(*manual_events.PANEL, "manual_run", "manual_page", "runs", "view", "completion", "step")
     gen_event = _on([b["generate"].click, c["message"].submit], bound(manual_events.generate),
                     {**settings, "manual": c["manual"], **table_in},
-                    {**pick("run_error", "completions", "tokens", "runs", "history", "finished"), **manual_out, "tabs": c["tabs"]},
+                    {**pick("run_error", "completions", "tokens", "history", "chat", "message", "prompt"), **manual_out,
+                     "tabs": c["tabs"]},
                     **quiet, **model_events)
-    # Drawn once: by the step's change event, or right here when the step stays put (finish_generate).
-    finished = _then(gen_event, functools.partial(ui_events.finish_generate, host=host),
-                     pick("runs", "history", "finished", "step"),
-                     pick("finished", "chat", "message", "view", "completion", "step", "prompt", "redraw"), **quiet)
-    drawn = _then(finished, ui_events.show_kept, {"redraw": c["redraw"], **selection, "mode": c["mode"]}, view_out, **quiet)
-    _then(drawn, bound(ui_events.what_if_kept), {**whatif_in, "redraw": c["redraw"]}, whatif_out, **quiet, **model_events)
+    draw_after(gen_event)
     _on(b["stop"].click, functools.partial(ui_events.stop, stops=stops), {}, {}, concurrency_limit=None, **quiet)
     _on(b["clear"].click, ui_events.clear, {}, pick("history", "chat", "run_error"))
 
     # ---- selection: which run, completion and step the pictures show ----
-    _then(_on(c["view"].input, ui_events.pick_view, pick("runs", "view"), pick("completion", "step")),
-          ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
-    _then(_on(c["completion"].input, ui_events.pick_completion, pick("runs", "view", "completion"), pick("step")),
-          ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
-    shown = _on([c["step"].change, c["mode"].change], ui_events.show, {**selection, "mode": c["mode"]}, view_out,
-                trigger_mode="always_last", **quiet)
-    c["tokens"].click(_pick_token, None, c["step"], **quiet)
+    draw_after(_on(c["view"].input, ui_events.pick_view, pick("runs", "view"), pick("completion", "step")))
+    draw_after(_on(c["completion"].input, ui_events.pick_completion, pick("runs", "view", "completion"), pick("step")))
+    _on([c["step"].input, c["mode"].input], bound(_draw_step), draw_in, draw_out, trigger_mode="always_last", **quiet,
+        **model_events)
+    draw_after(c["tokens"].click(_pick_token, None, c["step"], **quiet))
 
     # ---- what-if: the selected step, again, under the current settings ----
     what_if = bound(ui_events.what_if)
-    _then(shown, what_if, whatif_in, whatif_out, **quiet, **model_events)
     _on([x.change for x in controls if x is not c["message"]] + [c["live"].change], what_if, whatif_in, whatif_out,
         trigger_mode="always_last", **quiet, **model_events)
     _on(b["cont"].click, bound(ui_events.continue_here), {**settings, **selection}, pick("whatif_branch", "runs", "view"),
@@ -590,13 +614,13 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
 
     # ---- manual mode: Generate makes one step and waits for a pick, a draw or a rewind ----
     manual_in = {"manual_run": c["manual_run"], **table_in}
-    _on(c["manual_draw_btn"].click, bound(manual_events.draw), manual_in, manual_out, **model_events)
-    _on(c["manual_takeover_btn"].click, bound(manual_events.take_over), {**selection, **table_in},
-        {**manual_out, "tabs": c["tabs"]}, **model_events)
-    _on(c["manual_pick_btn"].click, bound(manual_events.pick), {**manual_in, "token": c["manual_token"]}, manual_out,
-        **model_events)
-    _on(c["manual_rewind_btn"].click, bound(manual_events.rewind), {**manual_in, "count": c["manual_rewind_n"]}, manual_out,
-        **model_events)
+    draw_after(_on(c["manual_draw_btn"].click, bound(manual_events.draw), manual_in, manual_out, **model_events))
+    draw_after(_on(c["manual_takeover_btn"].click, bound(manual_events.take_over), {**selection, **table_in},
+                   {**manual_out, "tabs": c["tabs"]}, **model_events))
+    draw_after(_on(c["manual_pick_btn"].click, bound(manual_events.pick), {**manual_in, "token": c["manual_token"]},
+                   manual_out, **model_events))
+    draw_after(_on(c["manual_rewind_btn"].click, bound(manual_events.rewind),
+                   {**manual_in, "count": c["manual_rewind_n"]}, manual_out, **model_events))
     # A new search or order starts at page 1 (browse's default); the page box moves within it.
     _on([c["manual_search"].input, c["manual_sort"].input, c["manual_reverse"].input], bound(manual_events.browse), manual_in,
         manual_out, trigger_mode="always_last", **quiet, **model_events)
@@ -605,20 +629,17 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     c["manual_table"].click(_pick_row, None, c["manual_token"], **quiet)
 
     # ---- teaching: the selected step drawn N times; under every engine's order (once drawn, they follow the step) ----
-    draws_in = {**settings, **selection, "draws": c["draws_n"], "draws_seed": c["draws_seed"]}
-    draws_out, orders_out = pick("draws_note", "draws_plot"), pick("orders_note", "orders_table", "orders_plot")
     _on([b["draws"].click, c["draws_n"].change, c["draws_seed"].change], bound(ui_manydraws.sample_step), draws_in,
         draws_out, trigger_mode="always_last", **quiet, **model_events)
     _on(b["orders"].click, bound(ui_orders.all_orders), {**settings, **selection}, orders_out, **model_events)
-    _then(shown, bound(_follow_step), {**draws_in, "draws_note": c["draws_note"], "orders_note": c["orders_note"]},
-          {**draws_out, **orders_out}, **quiet, **model_events)
 
     # ---- share, save, load ----
     _on(b["share"].click, ui_events.share_link, settings, pick("share_url"))
     _on(b["save"].click, ui_events.save_run, pick("runs", "view"), pick("run_file", "file_note"))
     loaded = _on(b["load_file"].upload, functools.partial(ui_events.load_run, host=host), {"path": b["load_file"]},
                  pick(*UI_KNOBS, "file_note", "runs", "view", "completion", "step", "completions", "message", "system"))
-    _then(loaded, ui_events.show, {**selection, "mode": c["mode"]}, view_out, **quiet)
+    draw_after(loaded)
+    _then(loaded, validate, validate_in, validate_out, **quiet)
 
     # ---- settings helpers ----
     _on(b["reset"].click, ui_events.reset, {}, pick(*UI_KNOBS, *ui_events.EXTRA_CONTROLS))

@@ -241,7 +241,8 @@ def apply_link(host: ModelHost, query: str) -> Out:
 
 
 def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterator[Out]:
-    """Stream a run into the completions and the token view, then keep it (`finish_generate` shows it).
+    """Stream a run into the completions and the token view, then keep it: its last message is the
+    finished run, selected (`finished_run`), which the page then draws (playground/ui.py's `_draw_step`).
 
     While it runs, Gradio carries nothing: the two views are a tokenview.LiveRun, which the page reads
     from the run's ui_stream channel (Gradio's per-update cost grows with the page, playground/ui_stream.py
@@ -276,34 +277,24 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
     chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": run["completions"][0]["text"]}]
     # The token view keeps its stream until `show` draws the finished run (a skip here: the event's last
     # message carries every output's last value whole, and the stream is the largest).
-    yield {"run_error": "", "completions": tokenview.completions_html(run["completions"]), "runs": [run], "history": chat,
-           "finished": True}
+    yield {"run_error": "", "completions": tokenview.completions_html(run["completions"]), **finished_run(lm, run, chat)}
 
 
-def finish_generate(host: ModelHost, runs: list[dict], history: list[dict], finished: bool, step: Any = None) -> Out:
-    """After a run that finished (not one refused or with a bad setting): the chat, an empty message box,
-    the run selected at its most uncertain step, and its templated prompt.
-
-    The finished run is drawn once. The step slider announces a change only when its value changes, and
-    its change event draws the selection (`show`, then `what_if`); so "redraw" is True only when the
-    selected step stays where it was, and then the page draws the run after this (`show_kept`)."""
-    if not finished or not runs:
-        return {}
-    run = runs[0]
+def finished_run(lm: LoadedModel, run: dict, chat: list[dict]) -> Out:
+    """A finished run kept and selected: the chat, an empty message box, the run at its most uncertain
+    step, and its templated prompt. Sent with the run's last message rather than by an event of its own:
+    each event costs the page a refresh of every component's loading status."""
     steps = run["completions"][0]["steps"]
-    selected = most_uncertain(steps)
-    out: Out = {
-        "finished": False,
-        "chat": history,
+    return {
+        "runs": [run],
+        "history": chat,
+        "chat": chat,
         "message": "",
         "view": gr.update(choices=view_choices([run]), value=0),
         "completion": gr.update(choices=[str(i + 1) for i in range(len(run["completions"]))], value="1"),
-        "step": gr.update(maximum=max(len(steps) - 1, 1), value=selected),
-        "redraw": step is not None and float(step) == selected,
+        "step": gr.update(maximum=max(len(steps) - 1, 1), value=most_uncertain(steps)),
+        "prompt": lm.tokenizer.decode(run["prompt_ids"]),
     }
-    with contextlib.suppress(KeyError):  # the run's model went away meanwhile: no prompt to show
-        out["prompt"] = host.get(run["model"]).tokenizer.decode(run["prompt_ids"])
-    return out
 
 
 def stop(stops: Stops, session: str) -> Out:
@@ -360,12 +351,6 @@ def show(runs: list[dict], view: Any, completion: Any, step: Any, mode: str) -> 
     }
 
 
-def show_kept(redraw: bool, runs: list[dict], view: Any, completion: Any, step: Any, mode: str) -> Out:
-    """`show` after a finished run whose step stayed put (see finish_generate); nothing otherwise, since
-    the step's change event draws it."""
-    return show(runs, view, completion, step, mode) if redraw else {}
-
-
 # --- live what-if and the penalty ledger -----------------------------------------------------------------
 
 
@@ -419,13 +404,6 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
         "whatif_draw": figures.draw_figure(shown, texts),
         "ledger": tokenview.ledger_html(out["ledger"], [s["name"] for s in shown["stages"]]),
     }
-
-
-def what_if_kept(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any,
-                 live: bool, session: str, redraw: bool) -> Iterator[Out]:
-    """`what_if` after `show_kept`: only when it drew."""
-    if redraw:
-        yield from what_if(host, stops, ui, runs, view, completion, step, live, session)
 
 
 def continue_here(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: Any, completion: Any, step: Any,

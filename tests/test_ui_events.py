@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 
 from engine.knobs import KNOBS
@@ -71,19 +72,36 @@ def test_stop_cancels_a_generation_in_flight(lm, host):
     assert out["runs"][0]["completions"][0]["finish_reason"] == "cancelled"
 
 
-def test_a_finished_run_is_drawn_by_the_page_only_when_its_step_stays_put(host, runs):
-    # The slider fires its change event (which draws) only when its value changes.
-    selected = ui_events.most_uncertain(runs[0]["completions"][0]["steps"])
-    assert ui_events.finish_generate(host, runs, [], True, selected)["redraw"] is True
-    assert ui_events.finish_generate(host, runs, [], True, selected + 1)["redraw"] is False
+def test_a_finished_runs_last_message_selects_it_empties_the_message_and_shows_its_prompt(lm, host):
+    out = last(ui_events.generate(host, Stops(), settings(lm, repetition_penalty=1.2), "s"))
+    run = out["runs"][0]
+    assert out["message"] == "" and out["chat"] == out["history"] and out["chat"][-2]["content"] == "Name a river."
+    assert out["step"]["value"] == ui_events.most_uncertain(run["completions"][0]["steps"])
+    assert out["view"]["value"] == 0 and out["completion"]["value"] == "1"
+    assert out["prompt"] == lm.tokenizer.decode(run["prompt_ids"])
 
 
-def test_show_and_what_if_after_a_run_draw_nothing_unless_the_step_stayed_put(lm, host, runs):
-    assert ui_events.show_kept(False, runs, 0, "1", 2, "raw probability") == {}
-    assert ui_events.show_kept(True, runs, 0, "1", 2, "raw probability")["sentences"].startswith("**Step 2**")
+def test_drawing_a_step_sends_its_view_what_if_and_teaching_views_in_one_message(lm, host, runs):
+    from playground.ui import _draw_step
+
     ui = settings(lm, repetition_penalty=1.2)
-    assert list(ui_events.what_if_kept(host, Stops(), ui, runs, 0, "1", 2, True, "s", redraw=False)) == []
-    assert "**Step 2**" in last(ui_events.what_if_kept(host, Stops(), ui, runs, 0, "1", 2, True, "s", redraw=True))["whatif_note"]
+    drawn = list(_draw_step(host, Stops(), ui, runs, 0, "1", 2, "raw probability", True, 100, 0, "", "", "s"))
+    assert len(drawn) == 1
+    assert drawn[0]["sentences"].startswith("**Step 2**") and "**Step 2**" in drawn[0]["whatif_note"]
+    assert drawn[0]["inspector"] is not None and drawn[0]["whatif_plot"] is not None
+
+
+def test_drawing_a_step_whose_what_if_must_replay_shows_the_view_before_the_replay(lm, host, runs, monkeypatch):
+    from engine.whatif import Snapshots
+    from playground import ui_runs
+    from playground.ui import _draw_step
+
+    ui = settings(lm, repetition_penalty=1.2)
+    monkeypatch.setattr(ui_runs, "SNAPSHOTS", Snapshots())  # the step's logits are gone: the what-if replays
+    drawn = _draw_step(host, Stops(), ui, runs, 0, "1", 3, "raw probability", True, 100, 0, "", "", "s")
+    first = next(drawn)
+    assert first["sentences"].startswith("**Step 3**") and "replaying" in first["whatif_note"]
+    assert "**Step 3**" in last(drawn)["whatif_note"]
 
 
 def test_show_draws_the_selected_step_and_nothing_without_a_run(runs):
@@ -126,7 +144,7 @@ def test_a_sweep_makes_a_point_per_value_a_plot_and_a_csv(lm, host, runs):
     result = out["sweep_state"]
     assert [p["settings"] for p in result["points"]] == [{"temperature": v} for v in (0.0, 0.5, 1.0)]
     assert all(len(p["texts"]) == 2 for p in result["points"])
-    assert len(out["sweep_plot"].data) == 6
+    assert len(go.Figure(out["sweep_plot"]).data) == 6
     rows = list(csv.reader(Path(out["sweep_csv"]).read_text().splitlines()))
     assert rows[0][0] == "temperature" and len(rows) == 4
     # temperature 0 is greedy: both of its samples are the same text
@@ -141,7 +159,7 @@ def test_a_two_knob_sweep_fills_a_heatmap(lm, host, runs):
     assert [p["settings"] for p in out["sweep_state"]["points"]] == [
         {"temperature": 0.5, "top_k": 1}, {"temperature": 0.5, "top_k": 5}, {"temperature": 1.0, "top_k": 1},
         {"temperature": 1.0, "top_k": 5}]
-    assert {t.type for t in out["sweep_plot"].data} == {"heatmap"}
+    assert {t.type for t in go.Figure(out["sweep_plot"]).data} == {"heatmap"}
     # top_k 1 is greedy whatever the temperature
     texts = {tuple(p["texts"]) for p in out["sweep_state"]["points"] if p["settings"]["top_k"] == 1}
     assert len(texts) == 1

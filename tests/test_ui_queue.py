@@ -47,13 +47,31 @@ def test_a_page_opened_without_a_link_runs_no_server_event_on_load_that_sets_the
     assert not any(knobs & set(fn.outputs) for fn in on_load)
 
 
-def test_generate_and_a_selected_step_each_start_as_few_server_events_as_they_need():
-    """Generate starts one event (manual mode's included), and a selected step one for the teaching views
-    that follow it, beside its picture and what-if: each event a page runs costs it and the server work."""
-    demo = build_ui(ModelHost(wordy_lm()))
+def _events(demo):
     ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
-    on_click = [fn for fn in demo.fns.values() if (ids["generate"], "click") in fn.targets and fn.fn is not None]
-    assert len(on_click) == 1
-    on_step = [fn for fn in demo.fns.values() if (ids["step"], "change") in fn.targets and fn.fn is not None]
-    after_step = [fn for fn in demo.fns.values() if fn.trigger_after in {f._id for f in on_step}]
-    assert len(on_step) == 1 and len(after_step) == 2  # the what-if, and the teaching views together
+    fns = [fn for fn in demo.fns.values() if fn.fn is not None]
+    on = lambda elem, event: [fn for fn in fns if (ids[elem], event) in fn.targets]  # noqa: E731
+    after = lambda first: [fn for fn in fns if fn.trigger_after in {f._id for f in first}]  # noqa: E731
+    return on, after
+
+
+def test_generate_starts_one_event_and_the_finished_run_is_drawn_by_one_more():
+    """Every event a page runs costs it a refresh of every used component's loading status, and the server
+    an event's work: a run is its own event and one that draws it (its step, what-if and teaching views)."""
+    on, after = _events(build_ui(ModelHost(wordy_lm())))
+    generate = on("generate", "click")
+    drawn = after(generate)
+    assert len(generate) == 1 and len(drawn) == 1 and after(drawn) == []
+
+
+def test_a_step_set_by_an_event_draws_nothing_by_itself_and_a_users_move_draws_once():
+    """The finished run sets the step slider, and so do the token view, the run and completion pickers and
+    manual mode: each draws after it, so the slider's own event is the user's move only."""
+    demo = build_ui(ModelHost(wordy_lm()))
+    on, after = _events(demo)
+    assert on("step", "change") == []
+    moved = on("step", "input")
+    assert len(moved) == 1 and after(moved) == []
+    drawing = [b._id for b in moved[0].outputs]  # the view, what-if and teaching outputs
+    for elem, event in (("tokenview", "click"), ("generate", "click"), ("manual-pick", "click")):
+        assert [[b._id for b in fn.outputs] for fn in after(on(elem, event))] == [drawing], elem
