@@ -41,14 +41,16 @@ BLUES = [[0.0, "rgb(247,251,255)"], [0.125, "rgb(222,235,247)"], [0.25, "rgb(198
 class Figure(dict):
     """A plotly figure as plain JSON: {"data": [trace, ...], "layout": {...}}.
 
-    gr.Plot takes it as it takes a plotly figure (it calls `to_json`).
+    gr.Plot takes it as it takes a plotly figure (it calls `to_json`). Every figure shares one
+    layout.template: read it, never write into it.
     """
 
     def __init__(self, data: list[dict], layout: dict[str, Any]):
         super().__init__(data=data, layout={**layout, "template": TEMPLATE})
 
     def to_json(self) -> str:
-        return orjson.dumps(self).decode()
+        # numpy scalars too, as plotly took them (NaN and infinity become null, as there)
+        return orjson.dumps(self, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _layout(height: int, title: str, **more: Any) -> dict[str, Any]:
@@ -63,11 +65,10 @@ def _layout(height: int, title: str, **more: Any) -> dict[str, Any]:
     }
 
 
-def _subplots(rows: int, cols: int, hspace: float, vspace: float, titles: list[str] = (),
-              width: float = 1.0) -> tuple[dict[str, dict], list[dict]]:
+def _subplots(rows: int, cols: int, hspace: float, vspace: float, titles: list[str] = ()) -> tuple[dict[str, dict], list[dict]]:
     """make_subplots' grid: the axes of each cell (x, y for the first, then x2, y2, ... row by row from the
     top) and the subplot titles as annotations above the cells. Its arithmetic, to the last bit."""
-    w = (width - hspace * (cols - 1)) / cols
+    w = (1.0 - hspace * (cols - 1)) / cols
     h = (1.0 - vspace * (rows - 1)) / rows
     axes, titled = {}, []
     for r in range(rows):

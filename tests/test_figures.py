@@ -301,3 +301,12 @@ def test_the_per_run_figures_build_without_importing_plotly(monkeypatch):
     fresh = importlib.import_module("playground.figures")
     for kind, fig in every_figure_kind(fresh).items():
         assert json.loads(fig.to_json())["data"], kind
+
+
+def test_a_figure_of_numpy_numbers_serialises_as_plotly_did():
+    points = [{"settings": {"temperature": np.float64(t)}, "samples": 1,
+               "metrics": {name: np.float32(0.25) for name in sweeps.METRICS} | {"perplexity": np.float64("nan")}}
+              for t in (0.5, 1.0)]
+    sent = json.loads(figures.sweep_figure(points).to_json())
+    assert sent["data"][0]["x"] == [0.5, 1.0] and sent["data"][0]["y"] == [0.25, 0.25]
+    assert sent["data"][1]["y"] == [None, None]  # NaN: null, as plotly wrote it
