@@ -9,7 +9,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from playground.figures import CHOSEN, KEPT, REMOVED, _layout, _unique_labels
+from playground import figures
+from playground.figures import CHOSEN, KEPT, REMOVED, _unique_labels
 
 DRAWN = CHOSEN  # orange: what the draws did
 RAW = "#94a3b8"  # grey: the model's own distribution, before any stage
@@ -29,7 +30,7 @@ def many_draws_figure(bars: list[dict[str, Any]], n: int, title: str) -> go.Figu
     ])
     fig.update_yaxes(title="probability / share of draws", rangemode="tozero", gridcolor="#eef2f7")
     fig.update_xaxes(tickangle=-35, tickfont={"size": 11})
-    fig = _layout(fig, 360, title)
+    fig = _styled(fig, 360, title)
     fig.update_layout(barmode="group", showlegend=True, legend={"orientation": "h", "y": 1.1, "x": 1, "xanchor": "right"})
     return fig
 
@@ -55,4 +56,9 @@ def orders_figure(results: list[tuple[str, dict]], texts: dict[int, str], top: i
     fig.update_yaxes(rangemode="tozero", gridcolor="#eef2f7")
     fig.update_yaxes(title="final probability", row=1, col=1)
     fig.update_xaxes(tickangle=-40, tickfont={"size": 10})
-    return _layout(fig, 320, "The same step under each engine's order (orange: what the run's random number picks)")
+    return _styled(fig, 320, "The same step under each engine's order (orange: what the run's random number picks)")
+
+
+def _styled(fig: go.Figure, height: int, title: str) -> go.Figure:
+    """The step figures' look (playground/figures.py builds theirs as plain JSON; these are drawn on a click)."""
+    return fig.update_layout(**figures._layout(height, title))
