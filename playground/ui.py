@@ -351,12 +351,13 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                                          "from its exact logits, with the same random number. No generation.")
                             continue_btn = gr.Button("Continue from here with these settings", scale=1, elem_id="continue")
                         c["whatif_note"] = gr.Markdown(elem_id="whatif-note")
-                        with gr.Row():
-                            with gr.Column(scale=3):
-                                c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False)
-                            with gr.Column(scale=2):
-                                c["whatif_sentences"] = gr.Markdown(elem_id="whatif-sentences")
-                        c["whatif_draw"] = gr.Plot(elem_id="whatif-draw", show_label=False)
+                        with gr.Column(visible=False, elem_id="whatif-charts") as c["whatif_charts"]:
+                            with gr.Row():
+                                with gr.Column(scale=3):
+                                    c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False)
+                                with gr.Column(scale=2):
+                                    c["whatif_sentences"] = gr.Markdown(elem_id="whatif-sentences")
+                            c["whatif_draw"] = gr.Plot(elem_id="whatif-draw", show_label=False)
                         c["whatif_branch"] = gr.HTML(elem_id="whatif-branch")
                     with gr.Tab("Penalty ledger", elem_id="tab-ledger"):
                         gr.Markdown("For the selected step under the current settings: every token the repetition "
@@ -545,7 +546,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
 
     # ---- generate: stream tokens, keep and select the run; then draw it ----
     whatif_in = {**settings, **selection, "live": c["live"]}
-    whatif_out = pick("whatif_note", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
+    whatif_out = pick("whatif_note", "whatif_charts", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
     # The selected step and all that follows it is drawn by one event (`_draw_step`), after whatever selects
     # a step: the step slider's `input` is the user's own move only, so a step set by an event draws nothing
     # by itself, and nothing is drawn twice.

@@ -397,12 +397,21 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
     theirs = run["params"]
     mine = {**out["params"], "seed": theirs.get("seed")}
     changes = [f"{k} {theirs.get(k)} → {v}" for k, v in mine.items() if theirs.get(k) != v and k not in ("n", "seed", "logprobs", "top_logprobs", "max_tokens", "stop")]
+    note = f"**Step {pos}**: " + ui_records.explain_what_if(recorded, shown, texts, changes)
+    ledger = tokenview.ledger_html(out["ledger"], [s["name"] for s in shown["stages"]])
+    if not changes and shown["token_id"] == recorded["token_id"]:
+        # The step as drawn above, to the bit: its charts twice would cost each page two more plotly drawings
+        # after every run, for nothing new.
+        yield {"whatif_note": note + " Move a setting to see it sampled again under that.", "whatif_charts": gr.update(visible=False),
+               "ledger": ledger}
+        return
     yield {
-        "whatif_note": f"**Step {pos}**: " + ui_records.explain_what_if(recorded, shown, texts, changes),
+        "whatif_note": note,
+        "whatif_charts": gr.update(visible=True),
         "whatif_sentences": "\n".join(f"- {line}" for line in figures.stage_sentences(shown, texts, out["params"])),
         "whatif_plot": figures.inspector_figure(shown, texts, out["params"]),
         "whatif_draw": figures.draw_figure(shown, texts),
-        "ledger": tokenview.ledger_html(out["ledger"], [s["name"] for s in shown["stages"]]),
+        "ledger": ledger,
     }
 
 

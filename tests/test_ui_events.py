@@ -88,7 +88,7 @@ def test_drawing_a_step_sends_its_view_what_if_and_teaching_views_in_one_message
     drawn = list(_draw_step(host, Stops(), ui, runs, 0, "1", 2, "raw probability", True, 100, 0, "", "", "s"))
     assert len(drawn) == 1
     assert drawn[0]["sentences"].startswith("**Step 2**") and "**Step 2**" in drawn[0]["whatif_note"]
-    assert drawn[0]["inspector"] is not None and drawn[0]["whatif_plot"] is not None
+    assert drawn[0]["inspector"] is not None
 
 
 def test_drawing_a_step_whose_what_if_must_replay_shows_the_view_before_the_replay(lm, host, runs, monkeypatch):
@@ -112,11 +112,18 @@ def test_show_draws_the_selected_step_and_nothing_without_a_run(runs):
 
 def test_what_if_with_the_runs_settings_then_another_temperature(lm, host, runs):
     first = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2), runs, 0, "1", 4, True, "s"))
-    assert "the run's own settings" in first["whatif_note"]
+    assert "the run's own settings" in first["whatif_note"] and "repetition penalty" in first["ledger"]
     hot = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2, temperature=1.6), runs, 0, "1", 4, True, "s"))
     assert "Changed: temperature 1.0 → 1.6" in hot["whatif_note"]
+    assert hot["whatif_charts"]["visible"] is True and hot["whatif_plot"] is not None
     assert "temperature 1.6 flattened" in hot["whatif_sentences"]  # a sentence per stage, as for recorded steps
     assert "repetition penalty" in hot["ledger"]
+
+
+def test_what_if_under_the_runs_own_settings_draws_no_second_copy_of_the_steps_charts(lm, host, runs):
+    same = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2), runs, 0, "1", 4, True, "s"))
+    assert same["whatif_charts"]["visible"] is False
+    assert "whatif_plot" not in same and "whatif_draw" not in same and "Move a setting" in same["whatif_note"]
 
 
 def test_what_if_is_quiet_when_off_and_names_a_bad_setting(lm, host, runs):
