@@ -97,6 +97,10 @@ def connect_server(host: ModelHost, url: str, key: str, model: str | None, sessi
         return {"remote_note": f"⚠️ {e}"}
     exact = ("every stage is exact" if lm.signed and lm.logprobs < 0 else
              "stages that depended on values it did not send are marked approximate in the step view")
+    if lm.logprobs >= 0:  # a top K: whether a grammar or a thinking budget can get the tokens it needs
+        exact += ("; tokens outside its top K that a grammar, a thinking budget or a logit_bias needs are asked "
+                  "for by id" if lm.token_ids else "; it cannot be asked for given tokens, so grammars (tools, "
+                  "response_format) and thinking budgets are refused on it")
     return {"model": gr.update(choices=host.names(session), value=lm.name), "model_info": model_info(lm),
             "remote_key": "",
             "remote_note": f"Connected: **{lm.name}**, for this browser session only; {exact}."}

@@ -204,3 +204,12 @@ def test_a_top_k_server_is_listed_as_such_and_the_note_says_stages_may_be_marked
     out = connect(host(), "alice", cap=5, values="raw_logprobs")
     assert out["model"]["value"] == "fake · remote · top-5"
     assert "marked approximate in the step view" in out["remote_note"]
+
+
+def test_the_note_says_whether_a_top_k_server_can_be_asked_for_the_tokens_a_grammar_needs():
+    asked = connect(host(), "alice", cap=5, values="raw_logprobs", token_ids=True)
+    assert "asked for by id" in asked["remote_note"]
+    refused = connect(host(), "bob", cap=5, values="raw_logprobs")
+    assert "grammars (tools, response_format) and thinking budgets are refused" in refused["remote_note"]
+    exact = connect(host(), "carol")
+    assert "by id" not in exact["remote_note"] and "refused" not in exact["remote_note"]
