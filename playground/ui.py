@@ -19,7 +19,7 @@ from engine.knobs import KNOBS, REQUEST_KNOBS, STAGE_ORDER
 from engine.stages import PRESETS, STAGES
 from playground import tokenview, ui_events, ui_manydraws, ui_orders
 from playground import futures, ui_futures, ui_lens
-from playground import manual_events, manual_runs, ui_remote
+from playground import gradio_skip, manual_events, manual_runs, ui_remote
 from engine.scheduler import Limits
 from playground.models import ModelHost, as_session
 from playground.sweeps import MAX_SAMPLES, MAX_VALUES, METRICS, SWEEPABLE
@@ -256,6 +256,7 @@ def _control(name: str):
 
 
 def build_ui(host: ModelHost) -> gr.Blocks:
+    gradio_skip.install()  # every handler leaves outputs as they are: that must cost nothing
     stops = Stops()
     c: dict[str, Component] = {}  # every component an event reads or writes, by name
     with gr.Blocks(title="Sampling Playground", analytics_enabled=False) as demo:
