@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -216,6 +217,12 @@ def main(argv: list[str] | None = None) -> None:
               f"/v1 {'on' if args.zerogpu_api else 'off (503)'}", flush=True)
     app = build_app(host, args)
     print(f"Sampling Playground on http://{args.host}:{args.port}  (API: http://{args.host}:{args.port}/v1)", flush=True)
+    # What start-up built (torch, transformers, Gradio, the model's modules, the UI: about 530,000 objects)
+    # lives as long as the server: kept out of the collector's sight, a full collection walks only what
+    # requests made. Measured with eight pages generating: a full collection took 0.33 s without this, every
+    # thread waiting and every stream stalled; 36 ms with it.
+    gc.collect()
+    gc.freeze()
     # A short graceful shutdown: an open client connection otherwise holds SIGTERM for minutes.
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=3, log_level="warning")
 
