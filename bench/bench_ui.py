@@ -2,7 +2,7 @@
 
 The bench starts the app, opens 8 pages in Debian's chromium (playwright) and runs each once, so every
 page is warm. Then for 1, 4 and 8 pages at once it clears each page's conversation, types the same
-message, clicks Generate in all of them, and records in each page, with a MutationObserver, the time of
+message, clicks Generate in all of them at the same moment, and records in each page, with a MutationObserver, the time of
 every change to the visible text of #completions. A page's run ends when that text shows a finish reason
 (or, should the UI's wording change, when it has not changed for STALL_S). The UI keeps its default
 capture.
@@ -68,7 +68,12 @@ WATCH_JS = """() => {
   });
   window.__watch.observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
-CLICK_JS = "() => { window.__changes = []; window.__clicked = Date.now(); document.querySelector('#generate').click(); }"
+# Every page clicks Generate at the same moment `at` (ms since the epoch; the pages share the machine's
+# clock), as /v1 clients started together do: one click after another, the last page would start a few
+# hundred ms after the first on a loaded machine, and that stagger would count as the pages' time.
+CLICK_JS = """(at) => { window.__changes = []; window.__clicked = null; setTimeout(() => { window.__clicked = Date.now();
+  document.querySelector('#generate').click(); }, Math.max(0, at - Date.now())); }"""
+CLICK_LEAD_S = 0.5  # time to schedule every page's click before the first one fires
 
 
 def server_cpu_s(pid: int) -> float:
@@ -148,8 +153,9 @@ def run_pages(pages: list, tokens: int, seed: int, pid: int) -> dict:
         page.evaluate(WATCH_JS)
     settle(pid)  # the change events of prepare() included
     cpu = server_cpu_s(pid)
+    at = (time.time() + CLICK_LEAD_S) * 1000
     for page in pages:
-        page.evaluate(CLICK_JS)
+        page.evaluate(CLICK_JS, at)
     deadline = time.time() + TIMEOUT_S
     states = [None] * len(pages)
     while time.time() < deadline:
