@@ -19,22 +19,11 @@ from engine.remote import approximate_stages, connect, dense_logits, extra_asks
 from playground.api_completions import decode_base64_entry
 from tests.fakes import FakeTokenizer, chatty, fake_lm, outcome
 from tests.serving import start_server
-from tests.test_api_completions import MESSAGES, complete, events, local_logits, refused, serving
+from tests.test_api_completions import api, complete, events, local_logits, prompt, refused  # noqa: F401 (api, prompt: fixtures)
 from tests.test_remote import NEG, PIECES, V, fake_server
 from tests.test_remote_server import HELLO, run
 
 # --- this playground's /v1/completions answers logprob_token_ids ----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def api(lm):
-    with serving(lm) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def prompt(lm):
-    return lm.encode_chat(MESSAGES)
 
 
 ASKED = [5, 3, 5, 40000]  # a repeat is dropped; 40000 is far outside any top K
