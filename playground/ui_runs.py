@@ -167,14 +167,18 @@ def _advance(lm: LoadedModel, source: Generation | Ticket, run: Run, interval: C
              prefix_text: str) -> Iterator[Run]:
     gen = source.job if isinstance(source, Ticket) else source
     stages = tuple(run["stages"])
-    last = 0.0
+    last, started = 0.0, False
     for steps in _batches(source, run, interval):
         for step in steps:
             run["completions"][step.index]["steps"].append(step_dict(lm, step, stages, run["texts"]))
         _sync(gen, run, prefix_text)
         _keep_snapshots(lm, gen, run)
         now = time.monotonic()
-        if now - last >= interval():
+        # A run's first tokens go out at once: an update of its place in the queue a moment before must not
+        # hold them back for a whole interval (that was up to a quarter of a second before the first token).
+        first = bool(steps) and not started
+        started = started or bool(steps)
+        if first or now - last >= interval():
             last = now
             yield run
     run["waiting"] = None

@@ -173,3 +173,21 @@ def test_a_run_with_a_fixed_interval_is_not_a_page_stream(lm):
     gen, run = ui_runs.start(lm, MESSAGES, SamplingParams.build(max_tokens=3, seed=1), "test")
     before = ui_runs.STREAMS.count
     assert {ui_runs.STREAMS.count for _ in ui_runs.advance(lm, gen, run, every_s=0.0)} == {before}
+
+
+def test_a_runs_first_tokens_reach_its_page_at_once_even_just_after_a_queue_update(lm):
+    """While a run waits for room its page gets its place in the queue every interval; the first steps that
+    then come go out at once, not with the next interval's update (up to a quarter of a second later)."""
+    from engine.scheduler import END, Ticket
+
+    params = SamplingParams.build(max_tokens=2, seed=1)
+    made, _ = ui_runs.start(lm, MESSAGES, params, "test")
+    batches = list(made)  # the two steps, one list each, as the decode loop delivers them
+    gen, run = ui_runs.start(lm, MESSAGES, params, "test")
+    ticket = Ticket(gen, None)
+    updates = ui_runs.advance(lm, ticket, run, every_s=0.05)
+    waiting = next(updates)  # nothing came within the interval: the place in the queue
+    assert waiting["completions"][0]["steps"] == []
+    for item in (*batches, END):
+        ticket.deliver(item)
+    assert len(next(updates)["completions"][0]["steps"]) == 1  # the first step alone, at once
