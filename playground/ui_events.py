@@ -400,10 +400,10 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
     note = f"**Step {pos}**: " + ui_records.explain_what_if(recorded, shown, texts, changes)
     ledger = tokenview.ledger_html(out["ledger"], [s["name"] for s in shown["stages"]])
     if not changes and shown["token_id"] == recorded["token_id"]:
-        # The step as drawn above, to the bit: its charts twice would cost each page two more plotly drawings
-        # after every run, for nothing new.
-        yield {"whatif_note": note + " Move a setting to see it sampled again under that.", "whatif_charts": gr.update(visible=False),
-               "ledger": ledger}
+        # The step as recorded and drawn above (the same token and draw, tested): its charts again would cost
+        # each page two more plotly drawings after every run, for nothing new.
+        yield {"whatif_note": note + " Move a setting to see it sampled again under that.",
+               "whatif_charts": gr.update(visible=False), "ledger": ledger}
         return
     yield {
         "whatif_note": note,

@@ -271,10 +271,10 @@ def grammars():
 @pytest.mark.parametrize("knobs", [dict(temperature=0), dict(temperature=1.0, seed=3)])
 def test_a_grammar_through_the_top_20_remote_gives_local_modes_tokens_and_exact_steps(lm, top20, which, knobs):
     assert top20.mode == "top-20" and top20.token_ids
-    prompt = lm.encode_chat([{"role": "user", "content": "What colour is the sea? Answer in JSON."}])
+    chat = lm.encode_chat([{"role": "user", "content": "What colour is the sea? Answer in JSON."}])
     params = SamplingParams.build(max_tokens=40, **knobs)
-    here = run(lm, prompt, params, grammar=grammars()[which])
-    there = run(top20, prompt, params, grammar=grammars()[which])
+    here = run(lm, chat, params, grammar=grammars()[which])
+    there = run(top20, chat, params, grammar=grammars()[which])
     assert outcome(there) == outcome(here) and there.finish_reasons == ["stop"]
     assert all(s.approximate == () and not s.rest_redrawn for s in there.completions[0])
 
@@ -282,9 +282,9 @@ def test_a_grammar_through_the_top_20_remote_gives_local_modes_tokens_and_exact_
 @pytest.mark.server
 @pytest.mark.model
 def test_a_logit_bias_of_100_on_a_tail_token_through_the_top_20_remote_draws_it_as_local_mode(lm, top20):
-    prompt = lm.encode_chat(HELLO)
-    tail = int(local_logits(lm, prompt).argmin())
+    chat = lm.encode_chat(HELLO)
+    tail = int(local_logits(lm, chat).argmin())
     params = SamplingParams.build(seed=1, max_tokens=3, logit_bias={tail: 100})
-    here, there = run(lm, prompt, params), run(top20, prompt, params)
+    here, there = run(lm, chat, params), run(top20, chat, params)
     assert outcome(there) == outcome(here) and [s.token_id for s in there.completions[0]] == [tail] * 3
     assert all(s.approximate == () for s in there.completions[0])
