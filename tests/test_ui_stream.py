@@ -4,6 +4,7 @@ them (the app served in this process on a fake model that writes 512 words)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -127,3 +128,53 @@ def test_a_live_run_only_appends_to_what_gradio_sent_before():
             assert [op[0] for op in ops] == ["append"]
             assert len(ops[0][2]) < 1000  # what one token adds, whatever came before
         before = after
+
+
+def sends_of(channel: ui_stream.Channel, live: tokenview.LiveRun, records: int, every_s: float) -> tuple[list[str], float]:
+    """What `channel`'s stream sends while a run adds `records` token records, one every `every_s`, and
+    how long that took (longer than records * every_s on a loaded machine)."""
+    async def run() -> list[str]:
+        async def write() -> None:
+            for k in range(records):
+                live.tokens.add("", f"<span>{k}</span>")
+                await asyncio.sleep(every_s)
+            channel.end()
+
+        writer = asyncio.create_task(write())
+        sent = [chunk async for chunk in channel.lines()]
+        await writer
+        return sent
+
+    start = time.monotonic()
+    sent = asyncio.run(run())
+    return sent, time.monotonic() - start
+
+
+def test_a_run_alone_streams_at_the_fastest_pace():
+    assert ui_stream.pace(1) == ui_stream.POLL_S
+
+
+def test_the_pace_slows_with_the_runs_streaming_at_once_but_never_past_the_most_a_page_may_wait():
+    paces = [ui_stream.pace(n) for n in range(1, 129)]
+    assert paces == sorted(paces) and paces[3] > paces[0]
+    assert max(paces) == ui_stream.PACE_MAX_S < 0.5
+
+
+def test_a_stream_sends_no_more_often_than_its_pace_with_four_runs_streaming():
+    """Four runs at once: each stream gathers what its run wrote (here 40 records over about 0.8 s) and
+    sends it a quarter as often as a run alone, so four pages together get what one page would; the last
+    send still carries everything."""
+    live = tokenview.LiveRun(1)
+    channel = ui_stream.Channel(live, running=lambda: 4)
+    sent, seconds = sends_of(channel, live, records=40, every_s=0.02)
+    shown = "".join(sent)
+    assert all(f"<span>{k}</span>" in shown for k in range(40))
+    # a quarter of a lone run's sends, plus the first and the one at the end
+    assert len(sent) <= seconds / (4 * ui_stream.POLL_S) + 2, f"{len(sent)} sends in {seconds:.2f} s"
+
+
+def test_a_run_alone_sends_each_poll_what_is_new():
+    live = tokenview.LiveRun(1)
+    channel = ui_stream.Channel(live, running=lambda: 1)
+    sent, _ = sends_of(channel, live, records=10, every_s=0.12)
+    assert len(sent) >= 8, f"{len(sent)} sends for 10 records 0.12 s apart at a pace of {ui_stream.POLL_S} s"
