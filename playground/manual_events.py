@@ -76,12 +76,12 @@ def start(host: ModelHost, stops: Stops, ui: Inputs, session: str, manual: bool 
             raise ParamError("message", "type a message first")
         run = manual_runs.new_run(lm, ui.conversation(), params, ui.extras())
     except ParamError as e:
-        yield {"manual_note": describe_error(e), "tabs": gr.Tabs(selected="manual")}
+        yield {"manual_note": describe_error(e)}
         return
     except KeyError:
-        yield {"manual_note": f"⚠️ model {ui.model!r} is not loaded", "tabs": gr.Tabs(selected="manual")}
+        yield {"manual_note": f"⚠️ model {ui.model!r} is not loaded"}
         return
-    yield {"tabs": gr.Tabs(selected="manual"), "manual_run": run, "manual_page": 1}
+    yield {"manual_run": run, "manual_page": 1}
     yield from _wait_and_show(host, stops, lm, run, session, search, sort, reverse, 1, said="A new manual run.")
 
 
@@ -93,9 +93,9 @@ def take_over(host: ModelHost, stops: Stops, runs: list[dict], view: Any, comple
         lm = host.get(run["model"])
         manual = manual_runs.take_over(lm, run, c, pos)
     except (ValueError, KeyError) as e:
-        yield {"manual_note": _problem(e), "tabs": gr.Tabs(selected="manual")}
+        yield {"manual_note": _problem(e)}
         return
-    yield {"tabs": gr.Tabs(selected="manual"), "manual_run": manual, "manual_page": 1}
+    yield {"manual_run": manual, "manual_page": 1}
     yield from _wait_and_show(host, stops, lm, manual, session, search, sort, reverse, 1,
                               said=f"Completion {c + 1} of {run['label']}, taken over by hand at step {pos}.")
 

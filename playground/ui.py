@@ -37,6 +37,10 @@ Generate, then click any token."""
 # A page opened with a query string (a share link) applies it; any other page runs no event for it.
 LINK_JS = "() => { if (location.search.length > 1) document.getElementById('apply-link')?.click(); }"
 
+# Generate in manual mode opens its tab, in the page (an update of the teaching tabs); none when it is off.
+# Taking a run over needs none: its button is on that tab.
+OPEN_MANUAL_JS = "(manual) => manual ? {__type__: 'update', selected: 'manual'} : undefined"
+
 # Clicking a token selects its step: the token view turns the click into a Gradio event.
 TOKENVIEW_JS = """
 element.addEventListener('click', (e) => {
@@ -352,13 +356,13 @@ def build_ui(host: ModelHost) -> gr.Blocks:
                                                          "from its exact logits, with the same random number. No generation.")
                             continue_btn = gr.Button("Continue from here with these settings", scale=1, elem_id="continue")
                         c["whatif_note"] = gr.Markdown(elem_id="whatif-note")
-                        with gr.Column(visible=False, elem_id="whatif-charts") as c["whatif_charts"]:
+                        with gr.Column(elem_id="whatif-charts"):  # ui_events.WHATIF_CHARTS: hidden one by one
                             with gr.Row():
                                 with gr.Column(scale=3):
-                                    c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False)
+                                    c["whatif_plot"] = gr.Plot(elem_id="whatif-plot", show_label=False, visible=False)
                                 with gr.Column(scale=2):
-                                    c["whatif_sentences"] = gr.Markdown(elem_id="whatif-sentences")
-                            c["whatif_draw"] = gr.Plot(elem_id="whatif-draw", show_label=False)
+                                    c["whatif_sentences"] = gr.Markdown(elem_id="whatif-sentences", visible=False)
+                            c["whatif_draw"] = gr.Plot(elem_id="whatif-draw", show_label=False, visible=False)
                         c["whatif_branch"] = gr.HTML(elem_id="whatif-branch")
                     with gr.Tab("Penalty ledger", elem_id="tab-ledger"):
                         gr.Markdown("For the selected step under the current settings: every token the repetition "
@@ -547,7 +551,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
 
     # ---- generate: stream tokens, keep and select the run; then draw it ----
     whatif_in = {**settings, **selection, "live": c["live"]}
-    whatif_out = pick("whatif_note", "whatif_charts", "whatif_sentences", "whatif_plot", "whatif_draw", "ledger")
+    whatif_out = pick("whatif_note", *ui_events.WHATIF_CHARTS, "ledger")
     # The selected step and all that follows it is drawn by one event (`_draw_step`), after whatever selects
     # a step: the step slider's `input` is the user's own move only, so a step set by an event draws nothing
     # by itself, and nothing is drawn twice.
@@ -566,9 +570,11 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     manual_out = pick(*manual_events.PANEL, "manual_run", "manual_page", "runs", "view", "completion", "step")
     gen_event = _on([b["generate"].click, c["message"].submit], bound(manual_events.generate),
                     {**settings, "manual": c["manual"], **table_in},
-                    {**pick("run_error", "completions", "tokens", "history", "chat", "message", "prompt"), **manual_out,
-                     "tabs": c["tabs"]},
+                    {**pick("run_error", "completions", "tokens", "history", "chat", "message", "prompt"), **manual_out},
                     **quiet, **model_events)
+    # Manual mode opens its tab in the page itself: a layout block among a server event's outputs costs the
+    # page a walk of all it holds (here every teaching view) at each later status update of any event.
+    gr.on([b["generate"].click, c["message"].submit], None, c["manual"], c["tabs"], js=OPEN_MANUAL_JS)
     draw_after(gen_event)
     _on(b["stop"].click, functools.partial(ui_events.stop, stops=stops), {}, {}, concurrency_limit=None, **quiet)
     _on(b["clear"].click, ui_events.clear, {}, pick("history", "chat", "run_error"))
@@ -618,7 +624,7 @@ def _wire(demo: gr.Blocks, host: ModelHost, stops: Stops, c: dict[str, Component
     manual_in = {"manual_run": c["manual_run"], **table_in}
     draw_after(_on(c["manual_draw_btn"].click, bound(manual_events.draw), manual_in, manual_out, **model_events))
     draw_after(_on(c["manual_takeover_btn"].click, bound(manual_events.take_over), {**selection, **table_in},
-                   {**manual_out, "tabs": c["tabs"]}, **model_events))
+                   manual_out, **model_events))
     draw_after(_on(c["manual_pick_btn"].click, bound(manual_events.pick), {**manual_in, "token": c["manual_token"]},
                    manual_out, **model_events))
     draw_after(_on(c["manual_rewind_btn"].click, bound(manual_events.rewind),

@@ -41,6 +41,10 @@ from playground.ui_settings import (
 
 Out = dict[str, Any]
 SETTINGS = ("model", "system", "message", "history", *UI_KNOBS, "tools", "tool_choice", "reasoning_effort", "response_format")
+# The what-if's own charts, hidden while they would repeat the recorded step's. Each is shown or hidden by
+# itself, not through the column around them: a layout block among an event's outputs costs the page a walk
+# of all it holds at each later status update of any event (Gradio 6's frontend, playground/ui_stream.py).
+WHATIF_CHARTS = ("whatif_sentences", "whatif_plot", "whatif_draw")
 EXTRA_CONTROLS = ("order_preset", "tools", "tool_choice", "reasoning_effort", "response_format")
 
 
@@ -402,15 +406,15 @@ def what_if(host: ModelHost, stops: Stops, ui: Inputs, runs: list[dict], view: A
     if not changes and shown["token_id"] == recorded["token_id"]:
         # The step as recorded and drawn above (the same token and draw, tested): its charts again would cost
         # each page two more plotly drawings after every run, for nothing new.
-        yield {"whatif_note": note + " Move a setting to see it sampled again under that.",
-               "whatif_charts": gr.update(visible=False), "ledger": ledger}
+        yield {"whatif_note": note + " Move a setting to see it sampled again under that.", "ledger": ledger,
+               **{k: gr.update(visible=False) for k in WHATIF_CHARTS}}
         return
     yield {
         "whatif_note": note,
-        "whatif_charts": gr.update(visible=True),
-        "whatif_sentences": "\n".join(f"- {line}" for line in figures.stage_sentences(shown, texts, out["params"])),
-        "whatif_plot": figures.inspector_figure(shown, texts, out["params"]),
-        "whatif_draw": figures.draw_figure(shown, texts),
+        "whatif_sentences": gr.update(visible=True, value="\n".join(
+            f"- {line}" for line in figures.stage_sentences(shown, texts, out["params"]))),
+        "whatif_plot": gr.update(visible=True, value=figures.inspector_figure(shown, texts, out["params"])),
+        "whatif_draw": gr.update(visible=True, value=figures.draw_figure(shown, texts)),
         "ledger": ledger,
     }
 

@@ -115,15 +115,15 @@ def test_what_if_with_the_runs_settings_then_another_temperature(lm, host, runs)
     assert "the run's own settings" in first["whatif_note"] and "repetition penalty" in first["ledger"]
     hot = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2, temperature=1.6), runs, 0, "1", 4, True, "s"))
     assert "Changed: temperature 1.0 → 1.6" in hot["whatif_note"]
-    assert hot["whatif_charts"]["visible"] is True and hot["whatif_plot"] is not None
-    assert "temperature 1.6 flattened" in hot["whatif_sentences"]  # a sentence per stage, as for recorded steps
+    assert all(hot[k]["visible"] is True for k in ui_events.WHATIF_CHARTS) and hot["whatif_plot"]["value"] is not None
+    assert "temperature 1.6 flattened" in hot["whatif_sentences"]["value"]  # a sentence per stage, as for recorded steps
     assert "repetition penalty" in hot["ledger"]
 
 
 def test_what_if_under_the_runs_own_settings_draws_no_second_copy_of_the_steps_charts(lm, host, runs):
     same = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2), runs, 0, "1", 4, True, "s"))
-    assert same["whatif_charts"]["visible"] is False
-    assert "whatif_plot" not in same and "whatif_draw" not in same and "Move a setting" in same["whatif_note"]
+    assert all(same[k] == {"__type__": "update", "visible": False} for k in ui_events.WHATIF_CHARTS)
+    assert "Move a setting" in same["whatif_note"]
 
 
 def test_what_if_is_quiet_when_off_and_names_a_bad_setting(lm, host, runs):

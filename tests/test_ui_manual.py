@@ -34,6 +34,7 @@ def test_manual_mode_waits_at_each_step_for_a_pick_a_draw_or_a_rewind(server):
         page.click("#generate")
         page.wait_for_selector("#manual-table tr[data-token]", timeout=GENERATION_TIMEOUT_MS)
         assert "Step 0 is waiting for you" in note(page)
+        assert page.locator("#tab-manual").is_visible()  # its tab opened by itself
         # One page of the table reaches the page, never the whole vocabulary; the stage pictures sit beside it.
         assert page.locator("#manual-table tr[data-token]").count() == 200
         assert "Rows 1–200 of all 49,152 tokens" in page.inner_text("#manual-table")

@@ -75,3 +75,24 @@ def test_a_step_set_by_an_event_draws_nothing_by_itself_and_a_users_move_draws_o
     drawing = [b._id for b in moved[0].outputs]  # the view, what-if and teaching outputs
     for elem, event in (("tokenview", "click"), ("generate", "click"), ("manual-pick", "click")):
         assert [[b._id for b in fn.outputs] for fn in after(on(elem, event))] == [drawing], elem
+
+
+def test_no_server_event_updates_a_layout_block():
+    """A tab row, column or row among a server event's outputs costs the page, at each later status update
+    of any event, a walk of everything that block holds (Gradio 6's frontend). Manual mode opens its tab in
+    the page; the what-if hides its charts one by one."""
+    import gradio as gr
+
+    demo = build_ui(ModelHost(wordy_lm()))
+    layout = (gr.Tabs, gr.Tab, gr.Column, gr.Row, gr.Group, gr.Accordion)
+    served = [fn for fn in demo.fns.values() if fn.fn is not None]
+    assert served
+    assert not [(fn.name, type(b).__name__) for fn in served for b in fn.outputs if isinstance(b, layout)]
+
+
+def test_manual_mode_opens_its_tab_without_the_server():
+    demo = build_ui(ModelHost(wordy_lm()))
+    ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
+    opens = [fn for fn in demo.fns.values() if fn.fn is None and (ids["generate"], "click") in fn.targets]
+    assert len(opens) == 1 and "selected: 'manual'" in opens[0].js
+    assert [getattr(b, "elem_id", None) for b in opens[0].outputs] == ["teaching"]
