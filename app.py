@@ -124,7 +124,7 @@ def build_app(host, args: argparse.Namespace):
     import gradio as gr
 
     from playground.api import ZEROGPU_OFF, ApiSettings, create_api
-    from playground import ui_remote, ui_stream
+    from playground import gradio_assets, ui_remote, ui_stream
     from playground.ui import build_ui, launch_kwargs
 
     if getattr(args, "remote", None):
@@ -136,6 +136,7 @@ def build_app(host, args: argparse.Namespace):
                            off=ZEROGPU_OFF if host.gpu is not None and not args.zerogpu_api else None)
     app = create_api(host, settings)
     app.include_router(ui_stream.router())  # live runs to their pages (playground/ui_stream.py)
+    app.include_router(gradio_assets.router())  # Gradio's frontend, fixed (playground/gradio_assets.py)
     demo = build_ui(host)
     return gr.mount_gradio_app(app, demo, path="/", **launch_kwargs())
 

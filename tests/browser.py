@@ -15,8 +15,9 @@ GENERATION_TIMEOUT_MS = 120_000  # a busy 2-core CI machine can be slow; a healt
 
 
 @contextlib.contextmanager
-def open_page(url: str):
-    """The app's page, loaded; fails the test if the page raised a JavaScript error meanwhile."""
+def open_page(url: str, init_script: str | None = None):
+    """The app's page, loaded; fails the test if the page raised a JavaScript error meanwhile. `init_script`
+    runs in the page before any of its own scripts."""
     from playwright import sync_api
 
     if not Path(CHROMIUM).exists():
@@ -26,6 +27,8 @@ def open_page(url: str):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        if init_script:
+            page.add_init_script(init_script)
         page.goto(url)
         page.wait_for_selector("#generate")
         yield page
