@@ -1,16 +1,18 @@
-"""An open page that does nothing costs nothing: a fix of Gradio 6.31.0's frontend (pinned), served in place
-of its own file.
+"""Gradio 6.31.0's frontend (pinned), fixed where it costs every page CPU for nothing: the app serves the
+patched files in place of Gradio's own.
 
-Why: while a page loads, Gradio shows a status tracker ("Loading...") whose elapsed-time timer is a
-requestAnimationFrame loop. The loop stops when its status leaves "pending", but the app's tracker is
-removed at that moment instead, so nothing ever stops it: every open page ran a callback 60 times a second
-for as long as it stayed open. Measured: 8 idle pages kept 0.2 of a core busy in Chromium (of the 2 cores
-a small machine shares between the server and a class's browsers), and on a visitor's laptop an idle tab
-spent its battery. The fix: the loop also ends once its status is no longer "pending", which is when it
-stops for any tracker that stays on the page, so nothing else changes.
+- An open page that does nothing costs nothing. While a page loads, Gradio shows a status tracker
+  ("Loading...") whose elapsed-time timer is a requestAnimationFrame loop. The loop stops when its status
+  leaves "pending", but the app's tracker is removed at that moment instead, so nothing ever stopped it:
+  every open page ran a callback 60 times a second for as long as it stayed open. Measured: 8 idle pages
+  kept 0.2 of a core busy (on a 2-core machine that a class's browsers share with the server), and a
+  visitor's idle tab spent its laptop's battery. Now the loop also ends once its status is no longer
+  "pending", which is when it ends for every tracker that stays on the page.
+- An event's status messages cost a page what changed. See PATCHES.
 
-The patched file keeps its name, so every module that imports it gets it; the route is declared before
-Gradio is mounted, so it wins over Gradio's own /assets route. A test fails if an upgrade changes the code.
+A patched file keeps its name, so every module that imports it gets it; the route is declared before Gradio
+is mounted, so it wins over Gradio's own /assets route. If an upgrade changes the code, the app refuses to
+start (and a test fails) rather than serve a page that half works.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ PATCHES: dict[str, list[tuple[str, str]]] = {
     "statustracker-DQF-KcRT.js": [(
         "function ze(){me(()=>{F(Pe,(performance.now()-w(de))/1e3),W&&ze()})}",
         "function ze(){me(()=>{F(Pe,(performance.now()-w(de))/1e3),W&&o.status===`pending`&&ze()})}",
+    )],
+    # Each status message of any event pushed the loading status of every component any event had used,
+    # changed or not, and each push walks the component tree and snapshots the component's props (and all a
+    # layout block holds): measured, the largest part of a page's script time during a run. Pushed now only
+    # where a field changed since that component's last push, which is all the trackers can show. (Gradio's
+    # input validators push a status of their own past this method; the playground uses none.)
+    "Blocks-D1GWYZdr.js": [(
+        "async update_loading_stati_state(){await Promise.all(Object.entries(this.loading_stati.current)"
+        ".map(([e,t])=>this.update_state_cb(Number(e),{loading_status:t},!1)))}",
+        "async update_loading_stati_state(){let s=this.pushed_stati||=new Map;"
+        "await Promise.all(Object.entries(this.loading_stati.current).filter(([e,t])=>{let p=s.get(e);"
+        "if(p&&Object.keys(p).length===Object.keys(t).length&&Object.keys(t).every(k=>p[k]===t[k]))return!1;"
+        "s.set(e,t);return!0}).map(([e,t])=>this.update_state_cb(Number(e),{loading_status:t},!1)))}",
     )],
 }
 

@@ -1,5 +1,5 @@
-"""An open page that does nothing costs nothing: Gradio's leaked status-tracker timer is fixed in the file
-the app serves in place of Gradio's own (playground/gradio_assets.py)."""
+"""Gradio's frontend as the app serves it, fixed (playground/gradio_assets.py): an open page that does nothing
+costs nothing, and a status message costs a page what changed."""
 
 from __future__ import annotations
 
@@ -35,11 +35,12 @@ def test_a_file_gradio_changed_stops_the_app_rather_than_a_page(monkeypatch, tmp
 
 
 @pytest.mark.server
-def test_the_app_serves_the_fixed_status_tracker_under_gradios_name(server):
-    response = httpx.get(f"{server.url}/assets/{NAME}", timeout=30)
+@pytest.mark.parametrize("name", list(gradio_assets.PATCHES))
+def test_the_app_serves_each_fixed_file_under_gradios_name(server, name):
+    response = httpx.get(f"{server.url}/assets/{name}", timeout=30)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
-    assert "W&&o.status===`pending`&&ze()" in response.text
-    again = httpx.get(f"{server.url}/assets/{NAME}", headers={"if-none-match": response.headers["etag"]}, timeout=30)
+    assert all(ours in response.text for _, ours in gradio_assets.PATCHES[name])
+    again = httpx.get(f"{server.url}/assets/{name}", headers={"if-none-match": response.headers["etag"]}, timeout=30)
     assert again.status_code == 304
 
 
