@@ -105,6 +105,9 @@ CSS = tokenview.CSS + manual_events.CSS + """
 Component = gr.components.Component
 
 
+STATUS_EVERY_S = 1.0  # how often Gradio tells events waiting in its own queue their place
+
+
 @dataclass(frozen=True)
 class QueueLimits:
     """Gradio's queue sized from the scheduler's limits, so that Gradio never holds a page back that the
@@ -518,7 +521,10 @@ def build_ui(host: ModelHost) -> gr.Blocks:
 
     sizes = QueueLimits.of(host.limits)
     demo.max_threads = sizes.max_threads  # read when the mounted app starts (launch() would set it)
-    demo.queue(default_concurrency_limit=sizes.other, max_size=sizes.max_size)
+    # Places in Gradio's own queue are sent every STATUS_EVERY_S rather than to every waiting event each time
+    # one starts ("auto"): eight pages clicking at once got up to five such messages each before their run
+    # began, and each costs a page a status refresh. A run's place in the model's queue is the run's own text.
+    demo.queue(default_concurrency_limit=sizes.other, max_size=sizes.max_size, status_update_rate=STATUS_EVERY_S)
     return demo
 
 

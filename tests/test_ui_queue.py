@@ -96,3 +96,32 @@ def test_manual_mode_opens_its_tab_without_the_server():
     opens = [fn for fn in demo.fns.values() if fn.fn is None and (ids["generate"], "click") in fn.targets]
     assert len(opens) == 1 and "selected: 'manual'" in opens[0].js
     assert [getattr(b, "elem_id", None) for b in opens[0].outputs] == ["teaching"]
+
+
+def test_pages_waiting_together_get_no_place_in_the_queue_each_time_one_of_them_starts():
+    """Gradio's "auto" status rate sends every waiting event its place whenever one starts: eight pages that
+    clicked at once got up to five such messages each, and each costs a page a status refresh. The place is
+    sent on a timer instead (a run's place in the model's queue is the run's own text)."""
+    import threading
+    from collections import Counter
+
+    import httpx
+
+    from tests.ui_server import event_inputs, find_event, serve, stream_event
+
+    with serve(ModelHost(wordy_lm())) as url:
+        config = httpx.get(url + "/config").json()
+        fn = find_event(config, "generate")
+        data = event_inputs(config, fn, message="Count.", **{"knob-max_tokens": "8", "knob-seed": "1"})
+        got = [Counter() for _ in range(8)]
+
+        def page(k: int) -> None:
+            got[k].update(m["msg"] for _, m in stream_event(url, fn, data))
+
+        pages = [threading.Thread(target=page, args=(k,)) for k in range(8)]
+        [p.start() for p in pages]
+        [p.join() for p in pages]
+    assert all(c["process_completed"] == 1 for c in got)
+    places = [c["estimation"] for c in got]
+    # the one a joining event gets, and on a slow machine perhaps one from the timer
+    assert all(1 <= p <= 2 for p in places) and sum(places) <= 8 + 2, places
