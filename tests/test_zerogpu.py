@@ -67,7 +67,7 @@ def test_a_what_if_on_a_captured_step_costs_no_gpu_call(lm, host, runs):
     out = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2), runs, 0, "1", 4, True, "s"))
     assert "the run's own settings" in out["whatif_note"]
     hot = last(ui_events.what_if(host, Stops(), settings(lm, repetition_penalty=1.2, temperature=1.6), runs, 0, "1", 4, True, "s"))
-    assert "temperature 1.6 flattened" in hot["whatif_sentences"]
+    assert "temperature 1.6 flattened" in hot["whatif_sentences"]["value"]
     assert calls(host) == before
 
 
