@@ -40,6 +40,7 @@ import ctypes
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ class Limits:
     max_tokens: int = 65536  # token slots the batch's KV cache may hold at admission, padding included
     max_queue: int = 256  # jobs waiting for room; past it, submit refuses
     prefill_chunk: int = PREFILL_CHUNK
+    # Prompt work a turn does stops once it has taken this long (one chunk always goes in): every running
+    # row waits for it. Eight short prompts arriving together took over a second in one turn on a 2-core
+    # float32 CPU, so pages saw no text move for that long; this way the batch steps between them.
+    prefill_turn_s: float = 0.1
 
 
 def _give_back_memory() -> None:
@@ -127,8 +132,8 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, lm: LoadedModel, limits: Limits = Limits()):
-        self.lm, self.limits = lm, limits
+    def __init__(self, lm: LoadedModel, limits: Limits = Limits(), clock: Callable[[], float] = time.monotonic):
+        self.lm, self.limits, self._clock = lm, limits, clock
         self.batch = Batch(lm)
         # Waiting jobs per client, the clients in their turn: the next one served first.
         self._waiting: dict[Hashable, deque[Ticket]] = {}
@@ -319,9 +324,10 @@ class Scheduler:
         except Exception as e:  # the forward pass every row shares: the batch's jobs end, joining ones go on
             log.error("the model's forward pass failed; the %d jobs in the batch end", len(self._running), exc_info=e)
             self._fail_running(e)
-        # Prompts go in, oldest first, about one chunk of tokens a turn: many short ones join together, a
-        # long one takes several turns while the batch keeps stepping.
-        budget = self.limits.prefill_chunk
+        # Prompts go in, oldest first, about one chunk of tokens and at most about prefill_turn_s a turn: many
+        # short ones join together, a long one (or many on a slow machine) over several turns while the
+        # batch keeps stepping.
+        budget, started = self.limits.prefill_chunk, self._clock()
         while self._joining and budget > 0:
             ticket, prefill = self._joining[0]
             if ticket.job.stopping():
@@ -343,7 +349,7 @@ class Scheduler:
                     self._joining.popleft()
                 self._fail(ticket, e)
                 continue
-            if finished and not self._mergeable:
+            if (finished and not self._mergeable) or self._clock() - started >= self.limits.prefill_turn_s:
                 break
         if self.batch.rows:
             self.stats["most_jobs_in_a_step"] = max(self.stats["most_jobs_in_a_step"], len(self._running))

@@ -142,6 +142,34 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_others_steps():
     assert outcome(long.job) == alone(lm, [1] + [2] * 30, dict(seed=2, max_tokens=3))
 
 
+def test_prompts_that_arrive_together_go_in_a_few_per_turn_on_a_slow_machine_while_the_batch_steps():
+    """Each prefill here takes 60 ms of a fake clock and a turn's prompt work stops after 100 ms: six jobs
+    submitted at once join two a turn, with a step of the running row between, and not six in one long
+    turn that the running row would wait through."""
+    lm = lm_()
+    now, shapes = [0.0], []
+    forward = lm.model.forward
+
+    def timed(input_ids, **kw):
+        shapes.append(input_ids.shape[1])
+        if input_ids.shape[1] > 1:  # a prompt going in
+            now[0] += 0.06
+        return forward(input_ids, **kw)
+
+    lm.model.forward = timed
+    scheduler = Scheduler(lm, Limits(prefill_turn_s=0.1), clock=lambda: now[0])
+    running = scheduler.submit(job(lm, [1], dict(seed=1, logit_bias={str(EOS): -100}, max_tokens=30)))
+    next(iter(running))  # generating
+    knobs = [dict(seed=10 + k, max_tokens=3) for k in range(6)]
+    # submitted between two steps, on the loop's own thread: all six wait for the same turn
+    joining = scheduler.call(lambda: [scheduler.submit(job(lm, [1, 2, 3], kn)) for kn in knobs])
+    outcomes = [outcome(drain(t)) for t in joining]
+    drain(running)
+    prefills_in_a_row = max(len(run) for run in "".join("p" if q > 1 else " " for q in shapes).split())
+    assert prefills_in_a_row == 2, shapes
+    assert outcomes == [alone(lm, [1, 2, 3], kn) for kn in knobs]
+
+
 # --- the queue --------------------------------------------------------------------------------
 
 
