@@ -16,17 +16,18 @@ view's stream (tokenview.STREAM_JS applies them). The key is random and unguessa
 the run's own text, and ends when the run ends. Polling the run's strings keeps the decode thread free of
 any per-page work: the run's handler thread only appends to two strings.
 
-The pace follows the load. A stream sends what is new at most every `pace(running)` seconds: POLL_S with
-one run streaming, longer with more, never over PACE_MAX_S. Every send costs its page a DOM update (style,
-layout, paint of a large page) and the server a wake-up of its event loop, whatever the send carries. Measured
-on a 2-core machine with the pages' browser beside the server: four pages at 20 sends a second each took
-1.5x the time of four /v1 clients, at 5 a second 1.15x. Text still moves at least every PACE_MAX_S.
+The pace follows the load: a stream sends what is new at most every ui_runs.update_interval(runs streaming
+now), the share of updates a second that the run's handler also follows, never slower than its cap. Every
+send costs its page a DOM update whatever it carries. Measured on a 2-core machine with the pages' browser
+beside the server: four pages at 20 sends a second each took 1.5x the time of four /v1 clients, at 5 a
+second 1.15x.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import threading
 import time
@@ -37,10 +38,10 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
 from playground.tokenview import LiveRun, Stream
+from playground.ui_runs import update_interval
 
 PATH = "ui/live"  # relative: the page resolves it against its own address (a Space, a proxy's prefix)
-POLL_S = 0.05  # one run alone: its page sees an update this long after the run made it, at most
-PACE_MAX_S = 0.25  # the longest wait between two sends of a run that makes progress (the issue: under 0.5 s)
+POLL_S = 0.05  # how often a stream looks for what is new (and for its run's end)
 KEEP_S = 60.0  # an ended run's stream stays readable this long, for a page that connects late
 IDLE_S = 600.0  # a stream nobody ended (its handler died) is dropped after this long
 
@@ -71,10 +72,10 @@ class Channel:
         """The stream's body: new complete records of each view, as they come, until the run has ended
         and everything it wrote is out."""
         sent = {part: s.value.index("\n") + 1 for part, s in self.parts.items()}
-        last = -PACE_MAX_S
+        last = -math.inf
         while True:
             ended = self.ended is not None  # read before the values: whatever the run wrote by then goes out
-            if not ended and time.monotonic() - last < pace(self.running()):
+            if not ended and time.monotonic() - last < update_interval(self.running()):
                 await asyncio.sleep(POLL_S)
                 continue
             out = []
@@ -90,13 +91,6 @@ class Channel:
             elif ended:
                 return
             await asyncio.sleep(POLL_S)
-
-
-def pace(running: int) -> float:
-    """Seconds between two sends of one stream while `running` runs stream at once: about 1 / POLL_S sends
-    a second over all of them, so pages that share a machine with the server, or many pages of one
-    class, cost what one page costs."""
-    return min(PACE_MAX_S, POLL_S * max(1, running))
 
 
 class Channels:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from gradio.utils import diff
 
-from playground import tokenview, ui_stream
+from playground import tokenview, ui_runs, ui_stream
 from playground.models import ModelHost
 from tests.test_figures import TEXTS, recorded_step
 from tests.ui_server import event_inputs, find_event, serve, stream_event, wordy_lm
@@ -150,31 +150,21 @@ def sends_of(channel: ui_stream.Channel, live: tokenview.LiveRun, records: int, 
     return sent, time.monotonic() - start
 
 
-def test_a_run_alone_streams_at_the_fastest_pace():
-    assert ui_stream.pace(1) == ui_stream.POLL_S
-
-
-def test_the_pace_slows_with_the_runs_streaming_at_once_but_never_past_the_most_a_page_may_wait():
-    paces = [ui_stream.pace(n) for n in range(1, 129)]
-    assert paces == sorted(paces) and paces[3] > paces[0]
-    assert max(paces) == ui_stream.PACE_MAX_S < 0.5
-
-
-def test_a_stream_sends_no_more_often_than_its_pace_with_four_runs_streaming():
+def test_with_four_runs_streaming_a_stream_sends_its_share_of_the_updates_a_second():
     """Four runs at once: each stream gathers what its run wrote (here 40 records over about 0.8 s) and
-    sends it a quarter as often as a run alone, so four pages together get what one page would; the last
-    send still carries everything."""
+    sends it in its share of the updates a second that all pages streaming at once get together; the
+    last send still carries everything."""
     live = tokenview.LiveRun(1)
     channel = ui_stream.Channel(live, running=lambda: 4)
     sent, seconds = sends_of(channel, live, records=40, every_s=0.02)
     shown = "".join(sent)
     assert all(f"<span>{k}</span>" in shown for k in range(40))
-    # a quarter of a lone run's sends, plus the first and the one at the end
-    assert len(sent) <= seconds / (4 * ui_stream.POLL_S) + 2, f"{len(sent)} sends in {seconds:.2f} s"
+    # a quarter of the shared updates a second, plus the first send and the one at the end
+    assert len(sent) <= seconds * ui_runs.UPDATES_PER_S / 4 + 2, f"{len(sent)} sends in {seconds:.2f} s"
 
 
-def test_a_run_alone_sends_each_poll_what_is_new():
+def test_a_run_alone_sends_what_is_new_as_it_comes():
     live = tokenview.LiveRun(1)
     channel = ui_stream.Channel(live, running=lambda: 1)
     sent, _ = sends_of(channel, live, records=10, every_s=0.12)
-    assert len(sent) >= 8, f"{len(sent)} sends for 10 records 0.12 s apart at a pace of {ui_stream.POLL_S} s"
+    assert len(sent) >= 8, f"{len(sent)} sends for 10 records 0.12 s apart, one run streaming"
