@@ -4,6 +4,7 @@
     ticket = scheduler.submit(generation, client="key:...")  # may raise Refused (queue full, or too large)
     for steps in ticket: ...                       # the same Steps iterating the generation alone gives
     ticket.ahead                                   # jobs that will be admitted before it; 0 once it runs
+    ticket.reading                                 # then prompts that go in before its own; None once in
     scheduler.call(fn)                             # fn() on the loop's thread, between two steps
     scheduler.stats["most_jobs_in_a_step"]         # the most distinct jobs one decode step has served
 
@@ -101,6 +102,7 @@ class Ticket:
     def __init__(self, job: Generation, listener: Callable[[Any], None] | None, client: Hashable = None):
         self.job, self.client = job, client
         self.ahead = 0  # jobs that will be admitted before it; 0 once admitted
+        self.reading: int | None = None  # admitted, its prompt not in yet: prompts that go in before it
         self.admitted = threading.Event()
         self._items: queue.Queue = queue.Queue()
         self._listener = listener or self._items.put
@@ -299,7 +301,7 @@ class Scheduler:
                 self._waiting[client] = queue_  # its turn is over: to the back
             self._queued -= 1
             admitted = True
-            ticket.ahead = 0
+            ticket.ahead, ticket.reading = 0, len(self._joining)
             ticket.admitted.set()
             self._joining.append((ticket, self.batch.prefill(ticket.job, self.limits.prefill_chunk)))
         if admitted:
@@ -340,6 +342,7 @@ class Scheduler:
                 budget -= prefill.done - before
                 if finished:
                     self._joining.popleft()
+                    ticket.reading = None
                     if self._mergeable is None:
                         self._mergeable = self.batch.mergeable(prefill.cache)
                     self.batch.join(ticket.job, prefill.cache, prefill.logits)
@@ -351,6 +354,8 @@ class Scheduler:
                 continue
             if (finished and not self._mergeable) or self._clock() - started >= self.limits.prefill_turn_s:
                 break
+        for k, (ticket, _) in enumerate(self._joining):
+            ticket.reading = k
         if self.batch.rows:
             self.stats["most_jobs_in_a_step"] = max(self.stats["most_jobs_in_a_step"], len(self._running))
         steps, ended, failed = self.batch.sample()

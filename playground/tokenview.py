@@ -117,6 +117,15 @@ def _waiting_note(waiting: int | None) -> str:
     return f"<p class='note waiting'>⏳ Waiting for room in the model's shared batch: {ahead}.</p>"
 
 
+def _reading_note(reading: int | None) -> str:
+    """A run in the batch whose prompt has not gone in yet: prompts arriving together go in a few a turn
+    (engine/scheduler.py), so a class that clicks at once sees its place move rather than nothing."""
+    if reading is None:
+        return ""
+    before = "yours goes in next" if reading == 0 else f"{reading} before yours"
+    return f"<p class='note waiting'>⏳ Reading the prompts that arrived together: {before}.</p>"
+
+
 def _head(i: int, reason: str, tokens: int) -> str:
     return f"Completion {i} · {reason} · {tokens} tokens"
 
@@ -301,9 +310,11 @@ class LiveRun:
         self._texts = [""] * n
         self._steps = 0  # token spans sent for completion 1
 
-    def update(self, completions: list[dict], texts: dict[int, str], waiting: int | None = None) -> tuple[str, str]:
-        """(completions value, tokens value) after adding what changed in `completions` (a run's, in progress)."""
-        note = _waiting_note(waiting)
+    def update(self, completions: list[dict], texts: dict[int, str], waiting: int | None = None,
+               reading: int | None = None) -> tuple[str, str]:
+        """(completions value, tokens value) after adding what changed in `completions` (a run's, in progress).
+        waiting: runs ahead of it in the model's queue; reading: prompts that go in before its own."""
+        note = _waiting_note(waiting) or _reading_note(reading)
         if note != self._note:
             self._note = note
             self.completions.set("note", note)

@@ -277,7 +277,7 @@ def generate(host: ModelHost, stops: Stops, ui: Inputs, session: str) -> Iterato
         with ui_stream.CHANNELS.open(live) as channel:
             yield {"run_error": "", **channel.page_values()}  # the page reads the rest from the channel
             for run in ui_runs.advance(lm, ticket, run):
-                live.update(run["completions"], run["texts"], run["waiting"])
+                live.update(run["completions"], run["texts"], run["waiting"], run.get("reading"))
     chat = [*ui.history, {"role": "user", "content": ui.message}, {"role": "assistant", "content": run["completions"][0]["text"]}]
     # The token view keeps its stream until `show` draws the finished run (a skip here: the event's last
     # message carries every output's last value whole, and the stream is the largest).

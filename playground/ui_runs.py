@@ -182,6 +182,7 @@ def _advance(lm: LoadedModel, source: Generation | Ticket, run: Run, interval: C
             last = now
             yield run
     run["waiting"] = None
+    run.pop("reading", None)  # only while it streams
     _sync(gen, run, prefix_text)  # a cancel sets the finish reasons after the last step
     _keep_snapshots(lm, gen, run)
     yield run
@@ -214,7 +215,9 @@ def _batches(source: Generation | Ticket, run: Run, interval: Callable[[], float
         return
     while True:
         item = source.get(timeout=max(interval(), 0.05))
-        run["waiting"] = None if source.admitted.is_set() else source.ahead
+        admitted = source.admitted.is_set()
+        run["waiting"] = None if admitted else source.ahead
+        run["reading"] = source.reading if admitted else None  # prompts that go in before its own
         if item is None:
             yield []  # nothing new: the caller still shows the run, and its place in the queue
             continue

@@ -163,11 +163,14 @@ def test_prompts_that_arrive_together_go_in_a_few_per_turn_on_a_slow_machine_whi
     knobs = [dict(seed=10 + k, max_tokens=3) for k in range(6)]
     # submitted between two steps, on the loop's own thread: all six wait for the same turn
     joining = scheduler.call(lambda: [scheduler.submit(job(lm, [1, 2, 3], kn)) for kn in knobs])
+    reading = [scheduler.call(lambda: [t.reading for t in joining]) for _ in range(2)]  # a turn apart
     outcomes = [outcome(drain(t)) for t in joining]
     drain(running)
     prefills_in_a_row = max(len(run) for run in "".join("p" if q > 1 else " " for q in shapes).split())
     assert prefills_in_a_row == 2, shapes
     assert outcomes == [alone(lm, [1, 2, 3], kn) for kn in knobs]
+    # what their pages show meanwhile: how many prompts go in before each one's own
+    assert reading == [[0, 1, 2, 3, 4, 5], [None, None, 0, 1, 2, 3]]
 
 
 # --- the queue --------------------------------------------------------------------------------

@@ -191,3 +191,31 @@ def test_a_runs_first_tokens_reach_its_page_at_once_even_just_after_a_queue_upda
     for item in (*batches, END):
         ticket.deliver(item)
     assert len(next(updates)["completions"][0]["steps"]) == 1  # the first step alone, at once
+
+
+def test_a_run_in_the_batch_before_its_prompt_is_in_says_how_many_prompts_go_in_first(lm):
+    """Prompts that arrive together go in a few a turn; meanwhile the run's page shows its place among
+    them, and a finished run keeps nothing of it."""
+    from engine.scheduler import END, Ticket
+
+    params = SamplingParams.build(max_tokens=1, seed=1)
+    made, _ = ui_runs.start(lm, MESSAGES, params, "test")
+    steps = list(made)
+    gen, run = ui_runs.start(lm, MESSAGES, params, "test")
+    ticket = Ticket(gen, None)
+    ticket.admitted.set()
+    ticket.reading = 2
+    updates = ui_runs.advance(lm, ticket, run, every_s=0.05)
+    assert next(updates)["reading"] == 2
+    for item in (*steps, END):
+        ticket.deliver(item)
+    assert "reading" not in list(updates)[-1]
+
+
+def test_the_live_views_say_how_many_prompts_go_in_before_the_runs_own():
+    live = tokenview.LiveRun(1)
+    comps = [{"steps": [], "text": "", "finish_reason": None}]
+    assert "2 before yours" in live.update(comps, {}, reading=2)[0]
+    assert "yours goes in next" in live.update(comps, {}, reading=0)[0]
+    last = live.update(comps, {}, reading=None)[0].rstrip("\n").rsplit("\n", 1)[-1]
+    assert json.loads(last) == ["set", "note", ""]  # its prompt is in: the note goes
