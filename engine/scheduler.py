@@ -67,10 +67,10 @@ class Limits:
     prefill_chunk: int = PREFILL_CHUNK
     # Prompt work a turn does stops once it has taken this long (one chunk always goes in): every running
     # row waits for it. Eight short prompts arriving together took over a second in one turn on a 2-core
-    # float32 CPU, so pages saw no text move for that long; this way the batch steps between them. Not
-    # shorter: each extra turn is a decode step that the prompts still waiting pay for (measured, 0.1 s cost
-    # 8 pages in bf16 about a tenth more time, where prompts take ~50 ms each; runs vary about as much).
-    prefill_turn_s: float = 0.2
+    # float32 CPU, so pages saw no text move for that long; this way the batch steps between them. Measured
+    # with 8 pages: 0.1 s kept the float32 path's median longest gap at 0.45 s, 0.2 s let it grow to 0.57 s,
+    # and bf16's time did not tell them apart (runs vary by a tenth).
+    prefill_turn_s: float = 0.1
 
 
 def _give_back_memory() -> None:

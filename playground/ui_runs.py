@@ -113,7 +113,7 @@ def step_dict(lm: LoadedModel, step: Step, stages: tuple[str, ...], texts: dict[
 # at this pace too); all pages' updates together compete with the decode loop they report on, on a machine
 # their browsers may share. So the pages that stream at once share UPDATES_PER_S updates a second: one page
 # alone gets one every 0.1 s, four one every 0.16 s. Never slower than MAX_INTERVAL_S: with a turn of the
-# decode loop added (engine/scheduler.py keeps a turn's prompt work near 0.2 s), inside the 0.5 s in which
+# decode loop added (engine/scheduler.py keeps a turn's prompt work near 0.1 s), inside the 0.5 s in which
 # a visitor must see the text move. Measured, float32, 8 pages: a 0.25 s cap left a median longest gap of
 # 0.63 s, 0.2 s one of 0.45 s.
 UPDATES_PER_S = 25.0
