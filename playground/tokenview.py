@@ -123,7 +123,7 @@ def _reading_note(reading: int | None) -> str:
     if reading is None:
         return ""
     before = "yours goes in next" if reading == 0 else f"{reading} before yours"
-    return f"<p class='note waiting'>⏳ Reading the prompts that arrived together: {before}.</p>"
+    return f"<p class='note reading'>⏳ Reading the prompts that arrived together: {before}.</p>"
 
 
 def _head(i: int, reason: str, tokens: int) -> str:

@@ -39,12 +39,13 @@ def test_four_pages_generating_at_once_are_decoded_in_one_batch():
             pages.append(page)
         for page in pages:
             page.click("#generate")
-        # The first run to arrive holds the model in its prompt; the others wait in the scheduler's queue, each
-        # shown its place: all four have reached the scheduler at once.
+        # The first run to arrive holds the model in its prompt (its page says its prompt goes in next); the
+        # others wait in the scheduler's queue, each shown its place: all four have reached the scheduler.
         for page in pages:
             page.wait_for_selector("#completions .note.waiting, #completions .comp-head:has-text('generating')",
                                    timeout=GENERATION_TIMEOUT_MS)
         assert sum(page.locator("#completions .note.waiting").count() for page in pages) == PAGES - 1
+        assert sum(page.locator("#completions .note.reading").count() for page in pages) == 1
         held.set()
         for page in pages:
             page.wait_for_selector(f"#completions .comp-head:has-text('length · {TOKENS} tokens')", timeout=GENERATION_TIMEOUT_MS)
