@@ -38,7 +38,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
 from playground.tokenview import LiveRun, Stream
-from playground.ui_runs import update_interval
+from playground.ui_runs import STREAMS, update_interval
 
 PATH = "ui/live"  # relative: the page resolves it against its own address (a Space, a proxy's prefix)
 POLL_S = 0.05  # how often a stream looks for what is new (and for its run's end)
@@ -49,8 +49,8 @@ IDLE_S = 600.0  # a stream nobody ended (its handler died) is dropped after this
 class Channel:
     """The live views of one run: what the stream route reads, while the run's handler appends."""
 
-    def __init__(self, live: LiveRun, running: Callable[[], int] = lambda: 1):
-        self.running = running  # how many runs stream now, this one included
+    def __init__(self, live: LiveRun, running: Callable[[], int] = lambda: STREAMS.count):
+        self.running = running  # how many runs stream to pages now (ui_runs counts them)
         self.key = secrets.token_urlsafe(16)
         self.parts: dict[str, Stream] = {"completions": live.completions, "tokens": live.tokens}
         self.started = time.monotonic()
@@ -103,7 +103,7 @@ class Channels:
     @contextmanager
     def open(self, live: LiveRun) -> Iterator[Channel]:
         """A channel for `live` while the run goes on; it ends (and its stream closes) when the block ends."""
-        channel = Channel(live, self.running)
+        channel = Channel(live)
         now = time.monotonic()
         with self._lock:
             for key in [k for k, c in self._by_key.items() if c.expired(now)]:
@@ -117,10 +117,6 @@ class Channels:
     def get(self, key: str) -> Channel | None:
         with self._lock:
             return self._by_key.get(key)
-
-    def running(self) -> int:
-        with self._lock:
-            return sum(c.ended is None for c in self._by_key.values())
 
     def __len__(self) -> int:
         return len(self._by_key)
